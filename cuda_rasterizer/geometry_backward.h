@@ -1,0 +1,103 @@
+// Backward of the per-Gaussian projection math in geometry.h, derived by
+// hand and checked against the autograd oracle in the tests.
+#pragma once
+
+#include "geometry.h"
+
+namespace dgr {
+
+// conic = (c, -b, a) / det of the dilated covariance (a, b, c). The dilation
+// is a constant, so this is also the gradient of the undilated entries.
+RASTER_HD glm::vec3 conic_backward(const glm::vec3& cov2d, const glm::vec3& dL_dconic) {
+    const float a = cov2d.x + LOWPASS_DILATION, b = cov2d.y, c = cov2d.z + LOWPASS_DILATION;
+    const float det = a * c - b * b;
+    const float inv_det2 = 1.0f / (det * det);
+    const float gA = dL_dconic.x, gB = dL_dconic.y, gC = dL_dconic.z;
+    return glm::vec3((-c * c * gA + b * c * gB - b * b * gC) * inv_det2,
+                     (2.f * b * c * gA - (a * c + b * b) * gB + 2.f * a * b * gC) * inv_det2,
+                     (-b * b * gA + a * b * gB - a * a * gC) * inv_det2);
+}
+
+// cov2D = [t0; t1] Sigma [t0; t1]^T with t0, t1 the rows of J W: gradient to
+// the six stored entries of Sigma and to the view-space mean (through J,
+// including the tanfov clamp: a clamped coordinate follows t.z instead).
+RASTER_HD void covariance_2d_backward(const EwaProjection& e, const Camera& cam, const float* cov3D,
+                                      const glm::vec3& dL_dcov2d, float dL_dcov3D[6], glm::vec3& dL_dt) {
+    const float ga = dL_dcov2d.x, gb = dL_dcov2d.y, gc = dL_dcov2d.z;
+    const glm::vec3& t0 = e.t0;
+    const glm::vec3& t1 = e.t1;
+    const int rows[6] = {0, 0, 0, 1, 1, 2}, cols[6] = {0, 1, 2, 1, 2, 2};
+    for (int k = 0; k < 6; ++k) {
+        const int i = rows[k], j = cols[k];
+        const float sym = ga * t0[i] * t0[j] + 0.5f * gb * (t0[i] * t1[j] + t0[j] * t1[i]) + gc * t1[i] * t1[j];
+        dL_dcov3D[k] = i == j ? sym : 2.f * sym;  // an off-diagonal entry appears twice in Sigma
+    }
+    const glm::vec3 s0 = sym3_mul(cov3D, t0);
+    const glm::vec3 s1 = sym3_mul(cov3D, t1);
+    const glm::vec3 dL_dt0 = 2.f * ga * s0 + gb * s1;
+    const glm::vec3 dL_dt1 = gb * s0 + 2.f * gc * s1;
+    const glm::vec3 w0 = view_rotation_row(cam.viewmatrix, 0);
+    const glm::vec3 w1 = view_rotation_row(cam.viewmatrix, 1);
+    const glm::vec3 w2 = view_rotation_row(cam.viewmatrix, 2);
+    const float dL_dj00 = glm::dot(dL_dt0, w0), dL_dj02 = glm::dot(dL_dt0, w2);
+    const float dL_dj11 = glm::dot(dL_dt1, w1), dL_dj12 = glm::dot(dL_dt1, w2);
+    const float inv_z = 1.0f / e.t.z, inv_z2 = inv_z * inv_z, inv_z3 = inv_z2 * inv_z;
+    const float dL_dtx_c = -cam.focal_x * inv_z2 * dL_dj02;
+    const float dL_dty_c = -cam.focal_y * inv_z2 * dL_dj12;
+    float dL_dtz = -cam.focal_x * inv_z2 * dL_dj00 - cam.focal_y * inv_z2 * dL_dj11 +
+                   2.f * cam.focal_x * e.t.x * inv_z3 * dL_dj02 + 2.f * cam.focal_y * e.t.y * inv_z3 * dL_dj12;
+    // t_c = clamp(t / t.z) t.z: unclamped it is t itself, clamped it is +-lim t.z
+    if (e.clamped_x) dL_dtz += dL_dtx_c * e.t.x * inv_z;
+    if (e.clamped_y) dL_dtz += dL_dty_c * e.t.y * inv_z;
+    dL_dt = glm::vec3(e.clamped_x ? 0.f : dL_dtx_c, e.clamped_y ? 0.f : dL_dty_c, dL_dtz);
+}
+
+// Sigma = R diag(s^2) R^T, s = scale_modifier * scale: gradient to scale and
+// to the (unnormalised) quaternion.
+RASTER_HD void covariance_3d_backward(const glm::vec3& scale, float scale_modifier, const glm::vec4& rot,
+                                      const float dL_dcov3D[6], glm::vec3& dL_dscale, glm::vec4& dL_drot) {
+    float R[3][3];
+    quaternion_to_rotation(rot, R);
+    const float s[3] = {scale_modifier * scale.x, scale_modifier * scale.y, scale_modifier * scale.z};
+    float G[3][3];  // dL/dSigma as a symmetric matrix
+    const int rows[6] = {0, 0, 0, 1, 1, 2}, cols[6] = {0, 1, 2, 1, 2, 2};
+    for (int k = 0; k < 6; ++k) {
+        const int i = rows[k], j = cols[k];
+        const float v = i == j ? dL_dcov3D[k] : 0.5f * dL_dcov3D[k];
+        G[i][j] = v;
+        G[j][i] = v;
+    }
+    float GR[3][3];
+    for (int i = 0; i < 3; ++i)
+        for (int k = 0; k < 3; ++k) GR[i][k] = G[i][0] * R[0][k] + G[i][1] * R[1][k] + G[i][2] * R[2][k];
+    float gR[3][3];  // dL/dR = 2 G R diag(s^2)
+    float dL_ds[3];
+    for (int k = 0; k < 3; ++k) {
+        dL_ds[k] = 2.f * s[k] * (R[0][k] * GR[0][k] + R[1][k] * GR[1][k] + R[2][k] * GR[2][k]);
+        for (int i = 0; i < 3; ++i) gR[i][k] = 2.f * GR[i][k] * s[k] * s[k];
+    }
+    dL_dscale = scale_modifier * glm::vec3(dL_ds[0], dL_ds[1], dL_ds[2]);
+    const float r = rot.x, x = rot.y, y = rot.z, z = rot.w;
+    dL_drot = 2.f * glm::vec4(
+        -z * gR[0][1] + y * gR[0][2] + z * gR[1][0] - x * gR[1][2] - y * gR[2][0] + x * gR[2][1],
+        y * gR[0][1] + z * gR[0][2] + y * gR[1][0] - 2.f * x * gR[1][1] - r * gR[1][2] + z * gR[2][0] +
+            r * gR[2][1] - 2.f * x * gR[2][2],
+        -2.f * y * gR[0][0] + x * gR[0][1] + r * gR[0][2] + x * gR[1][0] + z * gR[1][2] - r * gR[2][0] +
+            z * gR[2][1] - 2.f * y * gR[2][2],
+        -2.f * z * gR[0][0] - r * gR[0][1] + x * gR[0][2] + r * gR[1][0] - 2.f * z * gR[1][1] + y * gR[1][2] +
+            x * gR[2][0] + y * gR[2][1]);
+}
+
+// ndc = p_hom.xy / (p_hom.w + eps): gradient of the mean from dL/dndc.
+RASTER_HD glm::vec3 projection_backward(const glm::vec3& mean, const float* proj, float dL_dndc_x, float dL_dndc_y) {
+    const glm::vec4 p = transform_point_4x4(mean, proj);
+    const float p_w = 1.0f / (p.w + PROJ_W_EPS);
+    glm::vec3 g;
+    for (int k = 0; k < 3; ++k) {
+        const float dw = proj[4 * k + 3] * p_w * p_w;
+        g[k] = dL_dndc_x * (proj[4 * k] * p_w - p.x * dw) + dL_dndc_y * (proj[4 * k + 1] * p_w - p.y * dw);
+    }
+    return g;
+}
+
+}  // namespace dgr

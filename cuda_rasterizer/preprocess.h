@@ -1,0 +1,182 @@
+// One Gaussian's preprocess (forward) and its backward, built from the
+// pieces in geometry.h, sh.h and geometry_backward.h. The CUDA kernels call
+// these once per thread, the CPU driver once per loop iteration.
+#pragma once
+
+#include "blend.h"
+#include "geometry.h"
+#include "geometry_backward.h"
+#include "sh.h"
+
+namespace dgr {
+
+// Per-Gaussian inputs; pointers the caller did not give are null.
+struct GaussianInputs {
+    const float* means3D;         // [P, 3]
+    const float* scales;          // [P, 3] (with rotations) or null
+    const float* rotations;       // [P, 4] (r, x, y, z) or null
+    const float* cov3D_precomp;   // [P, 6] or null
+    const float* shs;             // [P, sh_coeffs, 3] or null
+    const float* colors_precomp;  // [P, 3] or null
+    const float* opacities;       // [P]
+    int sh_coeffs;
+    int sh_degree;
+    float scale_modifier;
+};
+
+// What the preprocess writes per Gaussian. Invisible Gaussians get radius 0
+// and no tiles; their other fields are left as the caller initialised them.
+struct ProjectedGaussians {
+    int* radii;             // [P]
+    float* means2D;         // [P, 2] pixel coordinates
+    float* depths;          // [P] view-space z
+    float* conic_opacity;   // [P, 4]
+    float* colors;          // [P, 3]
+    int* tile_rects;        // [P, 4] min x, min y, max x, max y
+    int* tiles_touched;     // [P]
+};
+
+RASTER_HD glm::vec3 load_vec3(const float* p, int i) { return glm::vec3(p[3 * i], p[3 * i + 1], p[3 * i + 2]); }
+RASTER_HD glm::vec4 load_vec4(const float* p, int i) {
+    return glm::vec4(p[4 * i], p[4 * i + 1], p[4 * i + 2], p[4 * i + 3]);
+}
+
+RASTER_HD void gaussian_covariance(const GaussianInputs& in, int idx, float cov[6]) {
+    if (in.cov3D_precomp != nullptr) {
+        for (int k = 0; k < 6; ++k) cov[k] = in.cov3D_precomp[6 * idx + k];
+    } else {
+        covariance_3d(load_vec3(in.scales, idx), in.scale_modifier, load_vec4(in.rotations, idx), cov);
+    }
+}
+
+// Everything the forward computes about one Gaussian before the pixels.
+struct GaussianProjection {
+    bool visible;
+    glm::vec3 t_view;
+    glm::vec2 mean2D;
+    glm::vec3 cov2d;  // undilated
+    glm::vec3 conic;
+    float radius;
+    TileRect rect;
+    float cov3D[6];
+    EwaProjection ewa;
+};
+
+RASTER_HD GaussianProjection project_gaussian(const GaussianInputs& in, int idx, const Camera& cam, int grid_x,
+                                              int grid_y) {
+    GaussianProjection g;
+    g.visible = false;
+    const glm::vec3 mean = load_vec3(in.means3D, idx);
+    g.t_view = transform_point_4x3(mean, cam.viewmatrix);
+    if (!in_front_of_near_plane(g.t_view)) return g;
+    const glm::vec4 p_hom = transform_point_4x4(mean, cam.projmatrix);
+    const float p_w = 1.0f / (p_hom.w + PROJ_W_EPS);
+    g.mean2D = glm::vec2(ndc_to_pixel(p_hom.x * p_w, cam.width), ndc_to_pixel(p_hom.y * p_w, cam.height));
+    if (!is_finite(g.mean2D.x) || !is_finite(g.mean2D.y)) return g;
+    gaussian_covariance(in, idx, g.cov3D);
+    g.ewa = ewa_projection(g.t_view, cam);
+    g.cov2d = covariance_2d(g.ewa, g.cov3D);
+    if (!conic_and_radius(g.cov2d, g.conic, g.radius)) return g;
+    g.rect = tile_rect(g.mean2D, g.radius, grid_x, grid_y);
+    g.visible = g.rect.area() > 0;
+    return g;
+}
+
+RASTER_HD void preprocess_gaussian(int idx, const GaussianInputs& in, const Camera& cam, int grid_x, int grid_y,
+                                   const ProjectedGaussians& out) {
+    out.radii[idx] = 0;
+    out.tiles_touched[idx] = 0;
+    const GaussianProjection g = project_gaussian(in, idx, cam, grid_x, grid_y);
+    if (!g.visible) return;
+    glm::vec3 color;
+    if (in.colors_precomp != nullptr) {
+        color = load_vec3(in.colors_precomp, idx);
+    } else {
+        bool clamped[3];
+        color = sh_to_color(in.sh_degree, in.shs + 3 * in.sh_coeffs * idx, load_vec3(in.means3D, idx),
+                            cam.campos, clamped);
+    }
+    out.radii[idx] = int(g.radius);
+    out.means2D[2 * idx] = g.mean2D.x;
+    out.means2D[2 * idx + 1] = g.mean2D.y;
+    out.depths[idx] = g.t_view.z;
+    out.conic_opacity[4 * idx] = g.conic.x;
+    out.conic_opacity[4 * idx + 1] = g.conic.y;
+    out.conic_opacity[4 * idx + 2] = g.conic.z;
+    out.conic_opacity[4 * idx + 3] = in.opacities[idx];
+    out.colors[3 * idx] = color.x;
+    out.colors[3 * idx + 1] = color.y;
+    out.colors[3 * idx + 2] = color.z;
+    out.tile_rects[4 * idx] = g.rect.min_x;
+    out.tile_rects[4 * idx + 1] = g.rect.min_y;
+    out.tile_rects[4 * idx + 2] = g.rect.max_x;
+    out.tile_rects[4 * idx + 3] = g.rect.max_y;
+    out.tiles_touched[idx] = int(g.rect.area());
+}
+
+// Gradients of the per-Gaussian inputs; null pointers are not written.
+struct GaussianGrads {
+    float* means3D;         // [P, 3]
+    float* means2D;         // [P, 3] (NDC; third column zero)
+    float* opacities;       // [P]
+    float* importances;     // [P]
+    float* colors_precomp;  // [P, 3]
+    float* shs;             // [P, sh_coeffs, 3]
+    float* cov3D_precomp;   // [P, 6]
+    float* scales;          // [P, 3]
+    float* rotations;       // [P, 4]
+};
+
+// Chains one visible Gaussian's screen-space gradient (summed over its
+// pixels) back to its inputs, recomputing the forward quantities it needs.
+RASTER_HD void preprocess_gaussian_backward(int idx, const GaussianInputs& in, const Camera& cam, int grid_x,
+                                            int grid_y, const SplatGrad& g, const GaussianGrads& out) {
+    const GaussianProjection p = project_gaussian(in, idx, cam, grid_x, grid_y);
+    const glm::vec3 mean = load_vec3(in.means3D, idx);
+    out.means2D[3 * idx] = g.mean[0];
+    out.means2D[3 * idx + 1] = g.mean[1];
+    out.means2D[3 * idx + 2] = 0.f;
+    out.opacities[idx] = g.opacity;
+    out.importances[idx] = g.importance;
+
+    glm::vec3 dL_dmean = projection_backward(mean, cam.projmatrix, g.mean[0], g.mean[1]);
+
+    const glm::vec3 dL_dcolor(g.color[0], g.color[1], g.color[2]);
+    if (in.colors_precomp != nullptr) {
+        out.colors_precomp[3 * idx] = dL_dcolor.x;
+        out.colors_precomp[3 * idx + 1] = dL_dcolor.y;
+        out.colors_precomp[3 * idx + 2] = dL_dcolor.z;
+    } else {
+        const float* sh = in.shs + 3 * in.sh_coeffs * idx;
+        bool clamped[3];
+        sh_to_color(in.sh_degree, sh, mean, cam.campos, clamped);
+        const glm::vec3 masked(clamped[0] ? 0.f : dL_dcolor.x, clamped[1] ? 0.f : dL_dcolor.y,
+                               clamped[2] ? 0.f : dL_dcolor.z);
+        dL_dmean += sh_to_color_backward(in.sh_degree, in.sh_coeffs, sh, mean, cam.campos, masked,
+                                         out.shs + 3 * in.sh_coeffs * idx);
+    }
+
+    const glm::vec3 dL_dcov2d = conic_backward(p.cov2d, glm::vec3(g.conic[0], g.conic[1], g.conic[2]));
+    float dL_dcov3D[6];
+    glm::vec3 dL_dt;
+    covariance_2d_backward(p.ewa, cam, p.cov3D, dL_dcov2d, dL_dcov3D, dL_dt);
+    // t = W mean + translation
+    dL_dmean += dL_dt.x * view_rotation_row(cam.viewmatrix, 0) + dL_dt.y * view_rotation_row(cam.viewmatrix, 1) +
+                dL_dt.z * view_rotation_row(cam.viewmatrix, 2);
+    out.means3D[3 * idx] = dL_dmean.x;
+    out.means3D[3 * idx + 1] = dL_dmean.y;
+    out.means3D[3 * idx + 2] = dL_dmean.z;
+
+    if (in.cov3D_precomp != nullptr) {
+        for (int k = 0; k < 6; ++k) out.cov3D_precomp[6 * idx + k] = dL_dcov3D[k];
+    } else {
+        glm::vec3 dL_dscale;
+        glm::vec4 dL_drot;
+        covariance_3d_backward(load_vec3(in.scales, idx), in.scale_modifier, load_vec4(in.rotations, idx), dL_dcov3D,
+                               dL_dscale, dL_drot);
+        for (int k = 0; k < 3; ++k) out.scales[3 * idx + k] = dL_dscale[k];
+        for (int k = 0; k < 4; ++k) out.rotations[4 * idx + k] = dL_drot[k];
+    }
+}
+
+}  // namespace dgr

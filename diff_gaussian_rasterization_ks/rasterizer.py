@@ -1,0 +1,156 @@
+"""The public rasterizer: a drop-in for the stock 3DGS GaussianRasterizer that
+also renders an importance map and differentiates it."""
+from typing import Optional, Tuple
+
+import torch
+from torch import nn
+
+from . import _backend
+from ._validation import check_inputs, check_settings, check_tensor
+from .settings import GaussianRasterizationSettings
+
+_EMPTY = torch.empty(0)
+
+
+def _or_empty(t: Optional[torch.Tensor], like: torch.Tensor) -> torch.Tensor:
+    return t if t is not None else _EMPTY.to(like.device)
+
+
+def _camera_args(s: GaussianRasterizationSettings):
+    """Settings tensors as the kernels read them: float32, contiguous."""
+    f = lambda t: t.detach().to(torch.float32).contiguous()  # noqa: E731
+    return f(s.bg), f(s.viewmatrix), f(s.projmatrix), f(s.campos)
+
+
+class _RasterizeGaussians(torch.autograd.Function):
+    """Autograd glue around the compiled forward and backward kernels.
+    Absent optional inputs arrive as empty tensors and get no gradient."""
+
+    @staticmethod
+    def forward(ctx, means3D, means2D, shs, colors_precomp, opacities, importances, scales, rotations,
+                cov3D_precomp, settings, kernels):
+        bg, view, proj, campos = _camera_args(settings)
+        outputs = kernels.forward(
+            bg, means3D, colors_precomp, opacities, importances, scales, rotations, float(settings.scale_modifier),
+            cov3D_precomp, view, proj, float(settings.tanfovx), float(settings.tanfovy), settings.image_height,
+            settings.image_width, shs, settings.sh_degree, campos,
+        )
+        color, importance_map, radii = outputs[:3]
+        ctx.settings = settings
+        ctx.kernels = kernels
+        ctx.means2D_columns = means2D.shape[1]
+        ctx.num_state = len(outputs) - 3
+        ctx.save_for_backward(means3D, shs, colors_precomp, opacities, importances, scales, rotations,
+                              cov3D_precomp, *outputs[3:])
+        ctx.mark_non_differentiable(radii)
+        return color, importance_map, radii
+
+    @staticmethod
+    def backward(ctx, grad_color, grad_importance_map, _grad_radii):
+        (means3D, shs, colors_precomp, opacities, importances, scales, rotations, cov3D_precomp,
+         *state) = ctx.saved_tensors
+        s = ctx.settings
+        bg, view, proj, campos = _camera_args(s)
+        (g_means3D, g_means2D, g_opacities, g_importances, g_colors, g_shs, g_cov3D, g_scales,
+         g_rotations) = ctx.kernels.backward(
+            bg, means3D, colors_precomp, opacities, importances, scales, rotations, float(s.scale_modifier),
+            cov3D_precomp, view, proj, float(s.tanfovx), float(s.tanfovy), shs, s.sh_degree, campos, state,
+            grad_color.contiguous(), grad_importance_map.contiguous(),
+        )
+        given = lambda t, g: g if t.numel() > 0 else None  # noqa: E731
+        return (
+            g_means3D,
+            g_means2D[:, : ctx.means2D_columns],
+            given(shs, g_shs),
+            given(colors_precomp, g_colors),
+            g_opacities,
+            g_importances,
+            given(scales, g_scales),
+            given(rotations, g_rotations),
+            given(cov3D_precomp, g_cov3D),
+            None,
+            None,
+        )
+
+
+def rasterize_gaussians(
+    means3D: torch.Tensor,
+    means2D: torch.Tensor,
+    sh: Optional[torch.Tensor],
+    colors_precomp: Optional[torch.Tensor],
+    opacities: torch.Tensor,
+    scales: Optional[torch.Tensor],
+    rotations: Optional[torch.Tensor],
+    cov3Ds_precomp: Optional[torch.Tensor],
+    raster_settings: GaussianRasterizationSettings,
+    importances: Optional[torch.Tensor] = None,
+) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Functional form (argument order of the stock `rasterize_gaussians`, with
+    `importances` appended). Returns (image [3,H,W], importance_map [H,W],
+    radii [P] int32)."""
+    kernels = _backend.kernels_for(means3D.device) if isinstance(means3D, torch.Tensor) else None
+    check_inputs(raster_settings, means3D, means2D, opacities, importances, sh, colors_precomp, scales, rotations,
+                 cov3Ds_precomp, dtype=torch.float32 if kernels is not None else None)
+    if kernels is None:
+        _backend.warn_fallback(means3D.device)
+        from .reference import rasterize_reference
+
+        ref = rasterize_reference(means3D, means2D, opacities, importances, sh, colors_precomp, scales, rotations,
+                                  cov3Ds_precomp, raster_settings=raster_settings)
+        return ref.color, ref.importance_map, ref.radii
+    P = means3D.shape[0]
+    if importances is None:
+        importances = torch.ones(P, dtype=means3D.dtype, device=means3D.device)
+    return _RasterizeGaussians.apply(
+        means3D,
+        means2D,
+        _or_empty(sh, means3D),
+        _or_empty(colors_precomp, means3D),
+        opacities.reshape(P),
+        importances.reshape(P),
+        _or_empty(scales, means3D),
+        _or_empty(rotations, means3D),
+        _or_empty(cov3Ds_precomp, means3D),
+        raster_settings,
+        kernels,
+    )
+
+
+class GaussianRasterizer(nn.Module):
+    """Drop-in for the stock `GaussianRasterizer`: `forward` returns
+    (rendered_image [3,H,W], importance_map [H,W], radii [P] int32)."""
+
+    def __init__(self, raster_settings: GaussianRasterizationSettings):
+        super().__init__()
+        self.raster_settings = raster_settings
+
+    def markVisible(self, positions: torch.Tensor) -> torch.Tensor:
+        """[P] bool: which Gaussians lie in front of the near plane."""
+        s = self.raster_settings
+        if not isinstance(positions, torch.Tensor):
+            raise TypeError(f"positions: expected a torch.Tensor, got {type(positions).__name__}")
+        check_settings(s, positions.device)
+        kernels = _backend.kernels_for(positions.device)
+        if kernels is None:
+            from .reference import mark_visible_reference
+
+            return mark_visible_reference(positions, s)
+        check_tensor("positions", positions, [(None, 3)], positions.device)
+        with torch.no_grad():
+            _, view, proj, _ = _camera_args(s)
+            return kernels.mark_visible(positions, view, proj)
+
+    def forward(
+        self,
+        means3D: torch.Tensor,
+        means2D: torch.Tensor,
+        opacities: torch.Tensor,
+        shs: Optional[torch.Tensor] = None,
+        colors_precomp: Optional[torch.Tensor] = None,
+        scales: Optional[torch.Tensor] = None,
+        rotations: Optional[torch.Tensor] = None,
+        cov3D_precomp: Optional[torch.Tensor] = None,
+        importances: Optional[torch.Tensor] = None,
+    ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        return rasterize_gaussians(means3D, means2D, shs, colors_precomp, opacities, scales, rotations,
+                                   cov3D_precomp, self.raster_settings, importances=importances)
