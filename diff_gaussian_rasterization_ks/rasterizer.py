@@ -24,11 +24,15 @@ def _camera_args(s: GaussianRasterizationSettings):
 
 class _RasterizeGaussians(torch.autograd.Function):
     """Autograd glue around the compiled forward and backward kernels.
-    Absent optional inputs arrive as empty tensors and get no gradient."""
+    Absent optional inputs arrive as None, reach the kernels as empty tensors
+    and get no gradient."""
 
     @staticmethod
     def forward(ctx, means3D, means2D, shs, colors_precomp, opacities, importances, scales, rotations,
                 cov3D_precomp, settings, kernels):
+        ctx.given = tuple(t is not None for t in (shs, colors_precomp, scales, rotations, cov3D_precomp))
+        shs, colors_precomp, scales, rotations, cov3D_precomp = (
+            _or_empty(t, means3D) for t in (shs, colors_precomp, scales, rotations, cov3D_precomp))
         bg, view, proj, campos = _camera_args(settings)
         outputs = kernels.forward(
             bg, means3D, colors_precomp, opacities, importances, scales, rotations, float(settings.scale_modifier),
@@ -57,20 +61,10 @@ class _RasterizeGaussians(torch.autograd.Function):
             cov3D_precomp, view, proj, float(s.tanfovx), float(s.tanfovy), shs, s.sh_degree, campos, state,
             grad_color.contiguous(), grad_importance_map.contiguous(),
         )
-        given = lambda t, g: g if t.numel() > 0 else None  # noqa: E731
-        return (
-            g_means3D,
-            g_means2D[:, : ctx.means2D_columns],
-            given(shs, g_shs),
-            given(colors_precomp, g_colors),
-            g_opacities,
-            g_importances,
-            given(scales, g_scales),
-            given(rotations, g_rotations),
-            given(cov3D_precomp, g_cov3D),
-            None,
-            None,
-        )
+        g_shs, g_colors, g_scales, g_rotations, g_cov3D = (
+            g if given else None for g, given in zip((g_shs, g_colors, g_scales, g_rotations, g_cov3D), ctx.given))
+        return (g_means3D, g_means2D[:, : ctx.means2D_columns], g_shs, g_colors, g_opacities, g_importances,
+                g_scales, g_rotations, g_cov3D, None, None)
 
 
 def rasterize_gaussians(
@@ -104,13 +98,13 @@ def rasterize_gaussians(
     return _RasterizeGaussians.apply(
         means3D,
         means2D,
-        _or_empty(sh, means3D),
-        _or_empty(colors_precomp, means3D),
+        sh,
+        colors_precomp,
         opacities.reshape(P),
         importances.reshape(P),
-        _or_empty(scales, means3D),
-        _or_empty(rotations, means3D),
-        _or_empty(cov3Ds_precomp, means3D),
+        scales,
+        rotations,
+        cov3Ds_precomp,
         raster_settings,
         kernels,
     )
