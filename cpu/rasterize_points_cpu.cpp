@@ -140,6 +140,14 @@ Binning bin_gaussians(const torch::Tensor& depths, const torch::Tensor& tile_rec
     return b;
 }
 
+// Calls f(x, y, pixel_index) for each pixel of a tile inside the image.
+template <typename F>
+void for_each_pixel(int64_t tile, const TileGrid& grid, int64_t H, int64_t W, const F& f) {
+    const int64_t x0 = (tile % grid.grid_x) * TILE_X, y0 = (tile / grid.grid_x) * TILE_Y;
+    for (int64_t y = y0; y < std::min<int64_t>(y0 + TILE_Y, H); ++y)
+        for (int64_t x = x0; x < std::min<int64_t>(x0 + TILE_X, W); ++x) f(float(x), float(y), y * W + x);
+}
+
 // The splats of one tile copied into contiguous arrays, front to back.
 struct TileSplats {
     std::vector<dgr::Splat> splats;
@@ -238,24 +246,21 @@ std::vector<torch::Tensor> rasterize_forward_cpu(
         ts.load(points, ranges[tile], ranges[tile + 1], means2D.data_ptr<float>(), conic_opacity.data_ptr<float>(),
                 colors.data_ptr<float>(), importance);
         const int64_t n = ranges[tile + 1] - ranges[tile];
-        const int x0 = int(tile % grid.grid_x) * TILE_X, y0 = int(tile / grid.grid_x) * TILE_Y;
-        for (int y = y0; y < std::min<int64_t>(y0 + TILE_Y, H); ++y)
-            for (int x = x0; x < std::min<int64_t>(x0 + TILE_X, W); ++x) {
-                dgr::PixelAccumulator acc;
-                int last = 0;
-                for (int64_t j = 0; j < n; ++j) {
-                    const dgr::Splat& s = ts.splats[j];
-                    float alpha, G;
-                    if (!dgr::splat_alpha(s.conic_opacity, s.mean.x - x, s.mean.y - y, alpha, G)) continue;
-                    if (!acc.blend(alpha, &ts.colors[3 * j], ts.importances[j])) break;
-                    last = int(j + 1);
-                }
-                const int64_t pix = int64_t(y) * W + x;
-                for (int ch = 0; ch < 3; ++ch) color_px[ch * H * W + pix] = acc.color[ch] + acc.T * bg[ch];
-                importance_px[pix] = acc.importance;
-                final_T_px[pix] = acc.T;
-                n_contrib_px[pix] = last;
+        for_each_pixel(tile, grid, H, W, [&](float x, float y, int64_t pix) {
+            dgr::PixelAccumulator acc;
+            int last = 0;
+            for (int64_t j = 0; j < n; ++j) {
+                const dgr::Splat& s = ts.splats[j];
+                float alpha, G;
+                if (!dgr::splat_alpha(s.conic_opacity, s.mean.x - x, s.mean.y - y, alpha, G)) continue;
+                if (!acc.blend(alpha, &ts.colors[3 * j], ts.importances[j])) break;
+                last = int(j + 1);
             }
+            for (int ch = 0; ch < 3; ++ch) color_px[ch * H * W + pix] = acc.color[ch] + acc.T * bg[ch];
+            importance_px[pix] = acc.importance;
+            final_T_px[pix] = acc.T;
+            n_contrib_px[pix] = last;
+        });
     });
 
     const ForwardState st{means2D,          depths,          conic_opacity,   colors,  tiles_touched,
@@ -299,23 +304,18 @@ std::vector<torch::Tensor> rasterize_backward_cpu(
         ts.load(points, ranges[tile], ranges[tile + 1], st.means2D.data_ptr<float>(),
                 st.conic_opacity.data_ptr<float>(), st.colors.data_ptr<float>(), importances.data_ptr<float>());
         dgr::SplatGrad* grads = entry_grads.data() + ranges[tile];
-        const int x0 = int(tile % grid.grid_x) * TILE_X, y0 = int(tile / grid.grid_x) * TILE_Y;
-        for (int y = y0; y < std::min<int64_t>(y0 + TILE_Y, H); ++y)
-            for (int x = x0; x < std::min<int64_t>(x0 + TILE_X, W); ++x) {
-                const int64_t pix = int64_t(y) * W + x;
-                const float dL_dpixel[3] = {dL_dpix[pix], dL_dpix[H * W + pix], dL_dpix[2 * H * W + pix]};
-                dgr::PixelBackward pb;
-                pb.init(final_T[pix], dL_dpixel, dL_dimp[pix], bg);
-                for (int j = n_contrib[pix] - 1; j >= 0; --j) {
-                    const dgr::Splat& s = ts.splats[j];
-                    const float dx = s.mean.x - x, dy = s.mean.y - y;
-                    float alpha, G;
-                    if (!dgr::splat_alpha(s.conic_opacity, dx, dy, alpha, G)) continue;
-                    const dgr::SplatGrad g =
-                        pb.step(s, dx, dy, alpha, G, &ts.colors[3 * j], ts.importances[j], half_w, half_h);
-                    add_splat_grad(grads[j], g);
-                }
+        for_each_pixel(tile, grid, H, W, [&](float x, float y, int64_t pix) {
+            const float dL_dpixel[3] = {dL_dpix[pix], dL_dpix[H * W + pix], dL_dpix[2 * H * W + pix]};
+            dgr::PixelBackward pb;
+            pb.init(final_T[pix], dL_dpixel, dL_dimp[pix], bg);
+            for (int j = n_contrib[pix] - 1; j >= 0; --j) {
+                const dgr::Splat& s = ts.splats[j];
+                const float dx = s.mean.x - x, dy = s.mean.y - y;
+                float alpha, G;
+                if (!dgr::splat_alpha(s.conic_opacity, dx, dy, alpha, G)) continue;
+                add_splat_grad(grads[j], pb.step(s, dx, dy, alpha, G, &ts.colors[3 * j], ts.importances[j], half_w, half_h));
             }
+        });
     });
 
     // Pass 2, per Gaussian: sum its entries in slot order (deterministic for
