@@ -411,7 +411,7 @@ def rasterize_reference(
         mid = 0.5 * (g.a + g.c)
         lam = mid + torch.sqrt(torch.clamp(mid * mid - g.det1, min=0.1))
         radius = torch.clamp(torch.ceil(3.0 * torch.sqrt(lam)), max=RADIUS_CAP)
-        visible = (g.depth >= NEAR_PLANE) & (g.det1 != 0)
+        visible = (g.depth > NEAR_PLANE) & (g.det1 != 0)
         for v in (g.pix_x, g.pix_y, radius) + conic:
             visible &= torch.isfinite(v)
         # Tile rectangle, computed on safe values for invisible Gaussians.

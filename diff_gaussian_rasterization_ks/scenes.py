@@ -19,6 +19,7 @@ import torch
 from torch import Tensor
 
 from .camera import look_at, make_settings, settings_from_intrinsics
+from .reference import covariance_from_scales_rotations
 from .settings import GaussianRasterizationSettings
 
 __all__ = ["Scene", "INPUT_NAMES", "random_scene", "garden_scene", "requires_grad_", "cast_inputs"]
@@ -63,8 +64,6 @@ def _random_quaternions(gen: torch.Generator, n: int) -> Tensor:
 
 def _cov6(scales: Tensor, quats: Tensor) -> Tensor:
     """Upper entries (xx, xy, xz, yy, yz, zz) of R diag(s)^2 R^T (float64)."""
-    from .reference import covariance_from_scales_rotations
-
     S = covariance_from_scales_rotations(scales, quats)
     return torch.stack([S[:, 0, 0], S[:, 0, 1], S[:, 0, 2], S[:, 1, 1], S[:, 1, 2], S[:, 2, 2]], 1)
 
@@ -113,6 +112,10 @@ def random_scene(
     With ``use_cov3D_precomp`` the same random scales/rotations are turned into
     ``cov3D_precomp`` (``scale_modifier`` is then not applied, as in the
     rasterizer) and ``scales``/``rotations`` are ``None``.
+
+    ``scale_range`` and ``tanfovx`` (extra keywords) let benchmarks build
+    denser scenes (larger Gaussians: higher depth complexity) or other fields
+    of view.
 
     Returns leaf tensors of ``dtype`` without ``requires_grad`` (``means2D`` is
     zeros); the settings' tensors are float32 on the CPU, as 3DGS builds them.
