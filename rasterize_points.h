@@ -2,10 +2,40 @@
 // argument before calling these; absent optional tensors are passed empty.
 #pragma once
 
-#include <torch/extension.h>
+// torch/types.h (tensors, factories, TORCH_CHECK) rather than torch/extension.h:
+// no Python or pybind11 here, which halves nvcc's time on rasterize_points.cu.
+// ext.cpp includes torch/extension.h itself.
+#include <torch/types.h>
 
 #include <tuple>
 #include <vector>
+
+#include "cuda_rasterizer/preprocess.h"
+
+// Data pointer of an optional input, null when it was not given (empty).
+template <typename T>
+T* ptr_or_null(const torch::Tensor& t) {
+    return t.numel() > 0 ? t.data_ptr<T>() : nullptr;
+}
+
+// The per-Gaussian inputs as the shared math reads them (both backends).
+inline dgr::GaussianInputs gaussian_inputs(const torch::Tensor& means3D, const torch::Tensor& scales,
+                                           const torch::Tensor& rotations, const torch::Tensor& cov3D_precomp,
+                                           const torch::Tensor& shs, const torch::Tensor& colors_precomp,
+                                           const torch::Tensor& opacities, int64_t sh_degree, double scale_modifier) {
+    dgr::GaussianInputs in;
+    in.means3D = means3D.data_ptr<float>();
+    in.scales = ptr_or_null<float>(scales);
+    in.rotations = ptr_or_null<float>(rotations);
+    in.cov3D_precomp = ptr_or_null<float>(cov3D_precomp);
+    in.shs = ptr_or_null<float>(shs);
+    in.colors_precomp = ptr_or_null<float>(colors_precomp);
+    in.opacities = opacities.data_ptr<float>();
+    in.sh_coeffs = shs.numel() > 0 ? int(shs.size(1)) : 0;
+    in.sh_degree = int(sh_degree);
+    in.scale_modifier = float(scale_modifier);
+    return in;
+}
 
 // Forward. Returns, in order: color [3,H,W], importance_map [H,W], radii [P]
 // int32, then the 11 tensors the backward needs (ForwardState in
@@ -36,3 +66,30 @@ std::vector<torch::Tensor> rasterize_backward_cpu(
 // Near-plane test per Gaussian: [P] bool.
 torch::Tensor mark_visible_cpu(const torch::Tensor& means3D, const torch::Tensor& viewmatrix,
                                const torch::Tensor& projmatrix);
+
+#ifdef DGR_WITH_CUDA
+// The CUDA backend (rasterize_points.cu): the CPU functions' arguments and
+// results, for CUDA tensors all on one device, plus `debug` (synchronise
+// after every stage and name the one that failed). Differences: the state's
+// slot_entries is an empty int64 tensor (unused: the CUDA backward sums
+// per-Gaussian gradients with atomics, so they are reproducible to float
+// rounding only, not bit for bit).
+std::vector<torch::Tensor> rasterize_forward_cuda(
+    const torch::Tensor& background, const torch::Tensor& means3D, const torch::Tensor& colors_precomp,
+    const torch::Tensor& opacities, const torch::Tensor& importances, const torch::Tensor& scales,
+    const torch::Tensor& rotations, double scale_modifier, const torch::Tensor& cov3D_precomp,
+    const torch::Tensor& viewmatrix, const torch::Tensor& projmatrix, double tan_fovx, double tan_fovy,
+    int64_t image_height, int64_t image_width, const torch::Tensor& shs, int64_t sh_degree,
+    const torch::Tensor& campos, bool debug);
+
+std::vector<torch::Tensor> rasterize_backward_cuda(
+    const torch::Tensor& background, const torch::Tensor& means3D, const torch::Tensor& colors_precomp,
+    const torch::Tensor& opacities, const torch::Tensor& importances, const torch::Tensor& scales,
+    const torch::Tensor& rotations, double scale_modifier, const torch::Tensor& cov3D_precomp,
+    const torch::Tensor& viewmatrix, const torch::Tensor& projmatrix, double tan_fovx, double tan_fovy,
+    const torch::Tensor& shs, int64_t sh_degree, const torch::Tensor& campos, const std::vector<torch::Tensor>& state,
+    const torch::Tensor& dL_dcolor, const torch::Tensor& dL_dimportance, bool debug);
+
+torch::Tensor mark_visible_cuda(const torch::Tensor& means3D, const torch::Tensor& viewmatrix,
+                                const torch::Tensor& projmatrix);
+#endif

@@ -35,6 +35,39 @@ def find_glm():
     )
 
 
+def nvcc_version():
+    """(major, minor) of the nvcc that will compile the .cu files, else of torch's CUDA."""
+    import re
+    import subprocess
+
+    nvcc = os.path.join(CUDA_HOME, "bin", "nvcc") if CUDA_HOME else "nvcc"
+    try:
+        out = subprocess.run([nvcc, "--version"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True).stdout
+        match = re.search(r"release (\d+)\.(\d+)", out)
+        if match:
+            return int(match.group(1)), int(match.group(2))
+    except OSError:
+        pass
+    if torch.version.cuda:
+        major, minor = torch.version.cuda.split(".")[:2]
+        return int(major), int(minor)
+    return (12, 0)
+
+
+def default_cuda_arch_list():
+    """Volta/Turing to Hopper, plus Blackwell from CUDA 12.8, PTX of the newest:
+    only what the toolkit supports (CUDA 13 dropped sm_70, 11.x before 11.8
+    lacks sm_89/sm_90)."""
+    version = nvcc_version()
+    if version >= (13, 0):
+        return "7.5;8.0;8.6;8.9;9.0;10.0;12.0+PTX"
+    if version >= (12, 8):
+        return "7.0;7.5;8.0;8.6;8.9;9.0;10.0;12.0+PTX"
+    if version >= (11, 8):
+        return "7.0;7.5;8.0;8.6;8.9;9.0+PTX"
+    return "7.0;7.5;8.0;8.6+PTX"
+
+
 def want_cuda():
     if os.environ.get("BUILD_NO_CUDA") == "1":
         return False
@@ -44,7 +77,7 @@ def want_cuda():
 
 
 glm_dir = find_glm()
-cxx_flags = ["-O3", "-std=c++17", "-fopenmp"]
+cxx_flags = ["-O3", "-fopenmp"]
 sources = ["ext.cpp"] + sorted(glob.glob("cpu/*.cpp"))
 include_dirs = [ROOT, glm_dir]
 link_args = ["-fopenmp"]
@@ -52,7 +85,7 @@ link_args = ["-fopenmp"]
 if want_cuda():
     cuda_sources = ["rasterize_points.cu"] + sorted(glob.glob("cuda_rasterizer/*.cu"))
     if os.environ.get("TORCH_CUDA_ARCH_LIST") is None:
-        os.environ["TORCH_CUDA_ARCH_LIST"] = "7.0;7.5;8.0;8.6;8.9;9.0+PTX"
+        os.environ["TORCH_CUDA_ARCH_LIST"] = default_cuda_arch_list()
     ext = CUDAExtension(
         "diff_gaussian_rasterization_ks._C",
         sources=sources + cuda_sources,

@@ -21,11 +21,6 @@ namespace {
 using dgr::TILE_X;
 using dgr::TILE_Y;
 
-template <typename T>
-T* ptr_or_null(const torch::Tensor& t) {
-    return t.numel() > 0 ? t.data_ptr<T>() : nullptr;
-}
-
 // Runs f(i) for i in [0, n) on ATen's threads, handing out indices one at a
 // time so that expensive tiles do not leave other threads idle.
 template <typename F>
@@ -49,27 +44,9 @@ dgr::Camera make_camera(const torch::Tensor& viewmatrix, const torch::Tensor& pr
     cam.height = int(height);
     cam.tan_fovx = float(tan_fovx);
     cam.tan_fovy = float(tan_fovy);
-    cam.focal_x = float(width / (2.0 * tan_fovx));
-    cam.focal_y = float(height / (2.0 * tan_fovy));
+    cam.focal_x = dgr::focal_length(width, tan_fovx);
+    cam.focal_y = dgr::focal_length(height, tan_fovy);
     return cam;
-}
-
-dgr::GaussianInputs make_inputs(const torch::Tensor& means3D, const torch::Tensor& scales,
-                                const torch::Tensor& rotations, const torch::Tensor& cov3D_precomp,
-                                const torch::Tensor& shs, const torch::Tensor& colors_precomp,
-                                const torch::Tensor& opacities, int64_t sh_degree, double scale_modifier) {
-    dgr::GaussianInputs in;
-    in.means3D = means3D.data_ptr<float>();
-    in.scales = ptr_or_null<float>(scales);
-    in.rotations = ptr_or_null<float>(rotations);
-    in.cov3D_precomp = ptr_or_null<float>(cov3D_precomp);
-    in.shs = ptr_or_null<float>(shs);
-    in.colors_precomp = ptr_or_null<float>(colors_precomp);
-    in.opacities = opacities.data_ptr<float>();
-    in.sh_coeffs = shs.numel() > 0 ? int(shs.size(1)) : 0;
-    in.sh_degree = int(sh_degree);
-    in.scale_modifier = float(scale_modifier);
-    return in;
 }
 
 struct TileGrid {
@@ -206,7 +183,7 @@ std::vector<torch::Tensor> rasterize_forward_cpu(
     const int64_t H = image_height, W = image_width;
     const dgr::Camera cam = make_camera(viewmatrix, projmatrix, campos, tan_fovx, tan_fovy, H, W);
     const dgr::GaussianInputs in =
-        make_inputs(means3D, scales, rotations, cov3D_precomp, shs, colors_precomp, opacities, sh_degree, scale_modifier);
+        gaussian_inputs(means3D, scales, rotations, cov3D_precomp, shs, colors_precomp, opacities, sh_degree, scale_modifier);
     const TileGrid grid = make_grid(H, W);
 
     auto f32 = torch::TensorOptions().dtype(torch::kFloat32);
@@ -256,7 +233,7 @@ std::vector<torch::Tensor> rasterize_forward_cpu(
                 if (!acc.blend(alpha, &ts.colors[3 * j], ts.importances[j])) break;
                 last = int(j + 1);
             }
-            for (int ch = 0; ch < 3; ++ch) color_px[ch * H * W + pix] = acc.color[ch] + acc.T * bg[ch];
+            for (int ch = 0; ch < 3; ++ch) color_px[ch * H * W + pix] = acc.final_color(ch, bg);
             importance_px[pix] = acc.importance;
             final_T_px[pix] = acc.T;
             n_contrib_px[pix] = last;
@@ -283,7 +260,7 @@ std::vector<torch::Tensor> rasterize_backward_cpu(
     const int64_t H = st.final_T.size(0), W = st.final_T.size(1);
     const dgr::Camera cam = make_camera(viewmatrix, projmatrix, campos, tan_fovx, tan_fovy, H, W);
     const dgr::GaussianInputs in =
-        make_inputs(means3D, scales, rotations, cov3D_precomp, shs, colors_precomp, opacities, sh_degree, scale_modifier);
+        gaussian_inputs(means3D, scales, rotations, cov3D_precomp, shs, colors_precomp, opacities, sh_degree, scale_modifier);
     const TileGrid grid = make_grid(H, W);
 
     // Pass 1, per tile: each pixel walks its splats back to front; the

@@ -41,6 +41,9 @@ struct PixelAccumulator {
         T = test_T;
         return true;
     }
+
+    // The pixel's colour: what was blended plus the background seen through T.
+    RASTER_HD float final_color(int ch, const float* bg) const { return color[ch] + T * bg[ch]; }
 };
 
 // Gradient of the loss with respect to one splat's screen-space parameters,

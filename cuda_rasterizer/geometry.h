@@ -22,6 +22,9 @@ struct Camera {
     float focal_y;  // height / (2 tan_fovy)
 };
 
+// focal = size / (2 tanfov), in double then rounded (both backends alike).
+inline float focal_length(int64_t size, double tan_fov) { return float(double(size) / (2.0 * tan_fov)); }
+
 RASTER_HD glm::vec3 transform_point_4x3(const glm::vec3& p, const float* m) {
     return glm::vec3(m[0] * p.x + m[4] * p.y + m[8] * p.z + m[12],
                      m[1] * p.x + m[5] * p.y + m[9] * p.z + m[13],

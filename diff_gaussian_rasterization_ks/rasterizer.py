@@ -16,6 +16,12 @@ def _or_empty(t: Optional[torch.Tensor], like: torch.Tensor) -> torch.Tensor:
     return t if t is not None else _EMPTY.to(like.device)
 
 
+def _debug_kwargs(settings, device: torch.device) -> dict:
+    """The CUDA kernels take `debug` (synchronise and name the failing kernel);
+    on the CPU every error is already raised where it happens."""
+    return {"debug": bool(settings.debug)} if device.type == "cuda" else {}
+
+
 def _camera_args(s: GaussianRasterizationSettings):
     """Settings tensors as the kernels read them: float32, contiguous."""
     f = lambda t: t.detach().to(torch.float32).contiguous()  # noqa: E731
@@ -37,7 +43,7 @@ class _RasterizeGaussians(torch.autograd.Function):
         outputs = kernels.forward(
             bg, means3D, colors_precomp, opacities, importances, scales, rotations, float(settings.scale_modifier),
             cov3D_precomp, view, proj, float(settings.tanfovx), float(settings.tanfovy), settings.image_height,
-            settings.image_width, shs, settings.sh_degree, campos,
+            settings.image_width, shs, settings.sh_degree, campos, **_debug_kwargs(settings, means3D.device),
         )
         color, importance_map, radii = outputs[:3]
         ctx.settings = settings
@@ -59,7 +65,7 @@ class _RasterizeGaussians(torch.autograd.Function):
          g_rotations) = ctx.kernels.backward(
             bg, means3D, colors_precomp, opacities, importances, scales, rotations, float(s.scale_modifier),
             cov3D_precomp, view, proj, float(s.tanfovx), float(s.tanfovy), shs, s.sh_degree, campos, state,
-            grad_color.contiguous(), grad_importance_map.contiguous(),
+            grad_color.contiguous(), grad_importance_map.contiguous(), **_debug_kwargs(s, means3D.device),
         )
         g_shs, g_colors, g_scales, g_rotations, g_cov3D = (
             g if given else None for g, given in zip((g_shs, g_colors, g_scales, g_rotations, g_cov3D), ctx.given))

@@ -1,0 +1,364 @@
+// Torch glue of the CUDA backend: argument checks, allocation through torch
+// (the caching allocator, on the current stream) and the pipeline order. The
+// kernels live in cuda_rasterizer/*.cu behind the torch-free launchers of
+// cuda_rasterizer/rasterizer.cuh; the math in the shared headers.
+//
+// Outputs and the forward state have the CPU backend's order, shapes and
+// dtypes (rasterize_points.h), so the Python autograd code is
+// backend-agnostic; the one difference is slot_entries, which only the CPU's
+// deterministic per-entry reduction uses: here it is an empty int64 tensor
+// (the CUDA backward sums per Gaussian with atomics instead).
+//
+// Only c10/cuda headers are used (not ATen/cuda/CUDAContext.h), so this file
+// needs no cuBLAS/cuSPARSE headers; c10::cuda::getCurrentCUDAStream is the
+// function at::cuda::getCurrentCUDAStream names.
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+
+#include <algorithm>
+
+#include "cuda_rasterizer/rasterizer.cuh"
+#include "rasterize_points.h"
+
+namespace {
+
+namespace dc = dgr::cuda;
+
+
+// Python validates every argument before calling; these checks only keep a
+// direct call from turning into an illegal memory access on the device.
+struct Checker {
+    const char* fn;
+    torch::Device device;
+
+    void tensor(const char* name, const torch::Tensor& t, c10::ScalarType dtype, int64_t numel = -1) const {
+        if (numel >= 0)
+            TORCH_CHECK(t.numel() == numel, fn, ": ", name, ": expected ", numel, " elements, got a tensor of shape ",
+                        t.sizes());
+        if (t.numel() == 0) return;  // absent optional input: never dereferenced
+        TORCH_CHECK(t.device() == device, fn, ": ", name, " is on ", t.device(), " but means3D is on ", device,
+                    "; all tensors must be on the same CUDA device");
+        TORCH_CHECK(t.scalar_type() == dtype, fn, ": ", name, ": expected dtype ", dtype, ", got ", t.scalar_type());
+        TORCH_CHECK(t.is_contiguous(), fn, ": ", name, ": expected a contiguous tensor");
+    }
+};
+
+struct Gaussians {
+    int64_t P;
+    dgr::GaussianInputs in;
+};
+
+Gaussians check_gaussians(const Checker& c, const torch::Tensor& means3D, const torch::Tensor& colors_precomp,
+                          const torch::Tensor& opacities, const torch::Tensor& importances,
+                          const torch::Tensor& scales, const torch::Tensor& rotations,
+                          const torch::Tensor& cov3D_precomp, const torch::Tensor& shs, int64_t sh_degree,
+                          double scale_modifier) {
+    TORCH_CHECK(means3D.is_cuda(), c.fn, ": means3D must be a CUDA tensor, got one on ", means3D.device());
+    TORCH_CHECK(means3D.dim() == 2 && means3D.size(1) == 3, c.fn, ": means3D: expected shape [P, 3], got ",
+                means3D.sizes());
+    const int64_t P = means3D.size(0);
+    TORCH_CHECK(P < int64_t(INT32_MAX), c.fn, ": at most 2^31 - 1 Gaussians, got ", P);
+    c.tensor("means3D", means3D, torch::kFloat32);
+    c.tensor("opacities", opacities, torch::kFloat32, P);
+    c.tensor("importances", importances, torch::kFloat32, P);
+    TORCH_CHECK((shs.numel() > 0) != (colors_precomp.numel() > 0) || P == 0, c.fn,
+                ": expected exactly one of shs / colors_precomp");
+    TORCH_CHECK((cov3D_precomp.numel() > 0) != (scales.numel() > 0 && rotations.numel() > 0) || P == 0, c.fn,
+                ": expected either scales and rotations or cov3D_precomp");
+    TORCH_CHECK(sh_degree >= 0 && sh_degree <= dgr::MAX_SH_DEGREE, c.fn, ": sh_degree must be in [0, 3], got ",
+                sh_degree);
+    if (shs.numel() > 0) {
+        TORCH_CHECK(shs.dim() == 3 && shs.size(0) == P && shs.size(2) == 3 &&
+                        shs.size(1) >= dgr::sh_coefficient_count(int(sh_degree)),
+                    c.fn, ": shs: expected shape [P, >=", dgr::sh_coefficient_count(int(sh_degree)), ", 3], got ",
+                    shs.sizes());
+        c.tensor("shs", shs, torch::kFloat32);
+    } else {
+        c.tensor("colors_precomp", colors_precomp, torch::kFloat32, 3 * P);
+    }
+    if (cov3D_precomp.numel() > 0) {
+        c.tensor("cov3D_precomp", cov3D_precomp, torch::kFloat32, 6 * P);
+    } else {
+        c.tensor("scales", scales, torch::kFloat32, 3 * P);
+        c.tensor("rotations", rotations, torch::kFloat32, 4 * P);
+    }
+
+    Gaussians g;
+    g.P = P;
+    g.in = gaussian_inputs(means3D, scales, rotations, cov3D_precomp, shs, colors_precomp, opacities, sh_degree,
+                           scale_modifier);
+    return g;
+}
+
+dc::CameraArgs check_camera(const Checker& c, const torch::Tensor& background, const torch::Tensor& viewmatrix,
+                            const torch::Tensor& projmatrix, const torch::Tensor& campos, double tan_fovx,
+                            double tan_fovy, int64_t height, int64_t width) {
+    c.tensor("background", background, torch::kFloat32, 3);
+    c.tensor("viewmatrix", viewmatrix, torch::kFloat32, 16);
+    c.tensor("projmatrix", projmatrix, torch::kFloat32, 16);
+    c.tensor("campos", campos, torch::kFloat32, 3);
+    TORCH_CHECK(height > 0 && width > 0 && height < INT32_MAX && width < INT32_MAX, c.fn,
+                ": image size must be positive, got ", height, " x ", width);
+    dc::CameraArgs cam;
+    cam.viewmatrix = viewmatrix.data_ptr<float>();
+    cam.projmatrix = projmatrix.data_ptr<float>();
+    cam.campos = campos.data_ptr<float>();
+    cam.width = int(width);
+    cam.height = int(height);
+    cam.tan_fovx = float(tan_fovx);
+    cam.tan_fovy = float(tan_fovy);
+    cam.focal_x = dgr::focal_length(width, tan_fovx);
+    cam.focal_y = dgr::focal_length(height, tan_fovy);
+    return cam;
+}
+
+dc::Grid make_grid(int64_t height, int64_t width) {
+    return dc::Grid{int((width + dgr::TILE_X - 1) / dgr::TILE_X), int((height + dgr::TILE_Y - 1) / dgr::TILE_Y)};
+}
+
+// Checks every launch. Without debug: launch errors only (no sync), and an
+// asynchronous fault surfaces at a later synchronisation. With debug: the
+// stream is synchronised after each stage and the failing one is named.
+struct Launches {
+    const char* fn;
+    cudaStream_t stream;
+    bool debug;
+
+    void operator()(cudaError_t err, const char* stage) const {
+        if (err == cudaSuccess && debug) err = cudaStreamSynchronize(stream);
+        if (err == cudaSuccess && debug) err = cudaGetLastError();
+        TORCH_CHECK(err == cudaSuccess, fn, ": CUDA stage '", stage, "' failed: ", cudaGetErrorName(err), ": ",
+                    cudaGetErrorString(err),
+                    debug ? "" : " (the fault may come from an earlier kernel; rerun with debug=True to name it)");
+    }
+};
+
+// Positions of the forward state in the returned vector (after color,
+// importance_map, radii), as in cpu/rasterize_points_cpu.cpp.
+enum StateIndex {
+    S_MEANS2D = 0,
+    S_DEPTHS,
+    S_CONIC_OPACITY,
+    S_COLORS,
+    S_TILES_TOUCHED,
+    S_GAUSSIAN_OFFSETS,
+    S_TILE_RANGES,
+    S_POINT_LIST,
+    S_SLOT_ENTRIES,
+    S_FINAL_T,
+    S_N_CONTRIB,
+    S_COUNT
+};
+
+}  // namespace
+
+std::vector<torch::Tensor> rasterize_forward_cuda(
+    const torch::Tensor& background, const torch::Tensor& means3D, const torch::Tensor& colors_precomp,
+    const torch::Tensor& opacities, const torch::Tensor& importances, const torch::Tensor& scales,
+    const torch::Tensor& rotations, double scale_modifier, const torch::Tensor& cov3D_precomp,
+    const torch::Tensor& viewmatrix, const torch::Tensor& projmatrix, double tan_fovx, double tan_fovy,
+    int64_t image_height, int64_t image_width, const torch::Tensor& shs, int64_t sh_degree,
+    const torch::Tensor& campos, bool debug) {
+    const Checker check{"rasterize_forward_cuda", means3D.device()};
+    const Gaussians gs = check_gaussians(check, means3D, colors_precomp, opacities, importances, scales, rotations,
+                                         cov3D_precomp, shs, sh_degree, scale_modifier);
+    const int64_t P = gs.P, H = image_height, W = image_width;
+    const dc::CameraArgs cam =
+        check_camera(check, background, viewmatrix, projmatrix, campos, tan_fovx, tan_fovy, H, W);
+    const dc::Grid grid = make_grid(H, W);
+    const int64_t num_tiles = grid.num_tiles();
+
+    const c10::cuda::CUDAGuard guard(means3D.device());
+    const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+    const Launches launch{check.fn, stream, debug};
+    const auto f32 = means3D.options().dtype(torch::kFloat32);
+    const auto i32 = means3D.options().dtype(torch::kInt32);
+    const auto i64 = means3D.options().dtype(torch::kInt64);
+
+    // Per Gaussian. Zero-initialised: invisible Gaussians keep zeros, as on the CPU.
+    torch::Tensor radii = torch::zeros({P}, i32);
+    torch::Tensor means2D = torch::zeros({P, 2}, f32);
+    torch::Tensor depths = torch::zeros({P}, f32);
+    torch::Tensor conic_opacity = torch::zeros({P, 4}, f32);
+    torch::Tensor colors = torch::zeros({P, 3}, f32);
+    torch::Tensor tile_rects = torch::zeros({P, 4}, i32);
+    torch::Tensor tiles_touched = torch::zeros({P}, i32);
+    const dgr::ProjectedGaussians proj{radii.data_ptr<int>(),           means2D.data_ptr<float>(),
+                                       depths.data_ptr<float>(),        conic_opacity.data_ptr<float>(),
+                                       colors.data_ptr<float>(),        tile_rects.data_ptr<int>(),
+                                       tiles_touched.data_ptr<int>()};
+    launch(dc::preprocess(P, gs.in, cam, grid, proj, stream), "preprocess");
+
+    // Binning. gaussian_offsets = [0, inclusive scan of tiles_touched] in int64.
+    torch::Tensor gaussian_offsets = torch::zeros({P + 1}, i64);
+    if (P > 0) gaussian_offsets.narrow(0, 1, P).copy_(torch::cumsum(tiles_touched, 0, torch::kInt64));
+    const int64_t num_entries = P > 0 ? gaussian_offsets[P].item<int64_t>() : 0;  // synchronises
+    TORCH_CHECK(num_entries <= dc::max_sort_entries(), check.fn, ": ", num_entries,
+                " (Gaussian, tile) entries exceed what this CUDA toolkit's radix sort accepts (",
+                dc::max_sort_entries(), ")");
+    torch::Tensor tile_ranges = torch::empty({num_tiles + 1}, i64);
+    torch::Tensor point_list = torch::empty({num_entries}, i32);
+    if (num_entries > 0) {
+        torch::Tensor keys_unsorted = torch::empty({num_entries}, i64);
+        torch::Tensor keys_sorted = torch::empty({num_entries}, i64);
+        torch::Tensor values_unsorted = torch::empty({num_entries}, i32);
+        auto* keys_in = reinterpret_cast<uint64_t*>(keys_unsorted.data_ptr<int64_t>());
+        auto* keys_out = reinterpret_cast<uint64_t*>(keys_sorted.data_ptr<int64_t>());
+        launch(dc::duplicate_keys(P, gaussian_offsets.data_ptr<int64_t>(), tile_rects.data_ptr<int32_t>(),
+                                  depths.data_ptr<float>(), grid, keys_in, values_unsorted.data_ptr<int32_t>(), stream),
+               "duplicate_keys");
+        const int end_bit = dc::sort_end_bit(num_tiles);
+        size_t temp_bytes = 0;
+        launch(dc::sort_pairs(nullptr, temp_bytes, keys_in, keys_out, values_unsorted.data_ptr<int32_t>(),
+                              point_list.data_ptr<int32_t>(), num_entries, end_bit, stream),
+               "sort_pairs (temp size)");
+        torch::Tensor temp = torch::empty({int64_t(std::max<size_t>(temp_bytes, 1))}, means3D.options().dtype(torch::kUInt8));
+        launch(dc::sort_pairs(temp.data_ptr(), temp_bytes, keys_in, keys_out, values_unsorted.data_ptr<int32_t>(),
+                              point_list.data_ptr<int32_t>(), num_entries, end_bit, stream),
+               "sort_pairs");
+        launch(dc::tile_ranges(num_entries, keys_out, num_tiles, tile_ranges.data_ptr<int64_t>(), stream),
+               "tile_ranges");
+    } else {
+        launch(dc::tile_ranges(0, nullptr, num_tiles, tile_ranges.data_ptr<int64_t>(), stream), "tile_ranges");
+    }
+
+    // Per pixel.
+    torch::Tensor out_color = torch::empty({3, H, W}, f32);
+    torch::Tensor out_importance = torch::empty({H, W}, f32);
+    torch::Tensor final_T = torch::empty({H, W}, f32);
+    torch::Tensor n_contrib = torch::empty({H, W}, i32);
+    dc::RenderArgs args;
+    args.tile_ranges = tile_ranges.data_ptr<int64_t>();
+    args.point_list = point_list.data_ptr<int32_t>();
+    args.means2D = means2D.data_ptr<float>();
+    args.conic_opacity = conic_opacity.data_ptr<float>();
+    args.colors = colors.data_ptr<float>();
+    args.importances = ptr_or_null<float>(importances);
+    args.background = background.data_ptr<float>();
+    args.width = int(W);
+    args.height = int(H);
+    launch(dc::render(args, grid, out_color.data_ptr<float>(), out_importance.data_ptr<float>(),
+                      final_T.data_ptr<float>(), n_contrib.data_ptr<int32_t>(), stream),
+           "render");
+
+    // Not used by the CUDA backward (it reduces with atomics); kept so the
+    // state has the CPU's 11 entries in the CPU's order.
+    torch::Tensor slot_entries = torch::empty({0}, i64);
+
+    std::vector<torch::Tensor> result(3 + S_COUNT);
+    result[0] = out_color;
+    result[1] = out_importance;
+    result[2] = radii;
+    result[3 + S_MEANS2D] = means2D;
+    result[3 + S_DEPTHS] = depths;
+    result[3 + S_CONIC_OPACITY] = conic_opacity;
+    result[3 + S_COLORS] = colors;
+    result[3 + S_TILES_TOUCHED] = tiles_touched;
+    result[3 + S_GAUSSIAN_OFFSETS] = gaussian_offsets;
+    result[3 + S_TILE_RANGES] = tile_ranges;
+    result[3 + S_POINT_LIST] = point_list;
+    result[3 + S_SLOT_ENTRIES] = slot_entries;
+    result[3 + S_FINAL_T] = final_T;
+    result[3 + S_N_CONTRIB] = n_contrib;
+    return result;
+}
+
+std::vector<torch::Tensor> rasterize_backward_cuda(
+    const torch::Tensor& background, const torch::Tensor& means3D, const torch::Tensor& colors_precomp,
+    const torch::Tensor& opacities, const torch::Tensor& importances, const torch::Tensor& scales,
+    const torch::Tensor& rotations, double scale_modifier, const torch::Tensor& cov3D_precomp,
+    const torch::Tensor& viewmatrix, const torch::Tensor& projmatrix, double tan_fovx, double tan_fovy,
+    const torch::Tensor& shs, int64_t sh_degree, const torch::Tensor& campos, const std::vector<torch::Tensor>& state,
+    const torch::Tensor& dL_dcolor, const torch::Tensor& dL_dimportance, bool debug) {
+    const Checker check{"rasterize_backward_cuda", means3D.device()};
+    TORCH_CHECK(state.size() == S_COUNT, check.fn, ": expected ", int(S_COUNT), " forward-state tensors, got ",
+                state.size());
+    const Gaussians gs = check_gaussians(check, means3D, colors_precomp, opacities, importances, scales, rotations,
+                                         cov3D_precomp, shs, sh_degree, scale_modifier);
+    const int64_t P = gs.P;
+    const torch::Tensor& final_T = state[S_FINAL_T];
+    TORCH_CHECK(final_T.dim() == 2, check.fn, ": final_T: expected shape [H, W], got ", final_T.sizes());
+    const int64_t H = final_T.size(0), W = final_T.size(1);
+    const dc::CameraArgs cam =
+        check_camera(check, background, viewmatrix, projmatrix, campos, tan_fovx, tan_fovy, H, W);
+    const dc::Grid grid = make_grid(H, W);
+    const int64_t num_entries = state[S_POINT_LIST].numel();
+    check.tensor("state.means2D", state[S_MEANS2D], torch::kFloat32, 2 * P);
+    check.tensor("state.conic_opacity", state[S_CONIC_OPACITY], torch::kFloat32, 4 * P);
+    check.tensor("state.colors", state[S_COLORS], torch::kFloat32, 3 * P);
+    check.tensor("state.tiles_touched", state[S_TILES_TOUCHED], torch::kInt32, P);
+    check.tensor("state.tile_ranges", state[S_TILE_RANGES], torch::kInt64, grid.num_tiles() + 1);
+    check.tensor("state.point_list", state[S_POINT_LIST], torch::kInt32);
+    check.tensor("state.final_T", final_T, torch::kFloat32, H * W);
+    check.tensor("state.n_contrib", state[S_N_CONTRIB], torch::kInt32, H * W);
+    check.tensor("dL_dcolor", dL_dcolor, torch::kFloat32, 3 * H * W);
+    check.tensor("dL_dimportance", dL_dimportance, torch::kFloat32, H * W);
+
+    const c10::cuda::CUDAGuard guard(means3D.device());
+    const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+    const Launches launch{check.fn, stream, debug};
+    const auto f32 = means3D.options().dtype(torch::kFloat32);
+
+    // Pass 1, per tile: per-Gaussian sums of the screen-space SplatGrads.
+    torch::Tensor splat_grads = torch::zeros({P, int64_t(dgr::SPLAT_GRAD_FLOATS)}, f32);
+    if (num_entries > 0) {
+        dc::RenderBackwardArgs args;
+        args.forward.tile_ranges = state[S_TILE_RANGES].data_ptr<int64_t>();
+        args.forward.point_list = state[S_POINT_LIST].data_ptr<int32_t>();
+        args.forward.means2D = state[S_MEANS2D].data_ptr<float>();
+        args.forward.conic_opacity = state[S_CONIC_OPACITY].data_ptr<float>();
+        args.forward.colors = state[S_COLORS].data_ptr<float>();
+        args.forward.importances = importances.data_ptr<float>();
+        args.forward.background = background.data_ptr<float>();
+        args.forward.width = int(W);
+        args.forward.height = int(H);
+        args.final_T = final_T.data_ptr<float>();
+        args.n_contrib = state[S_N_CONTRIB].data_ptr<int32_t>();
+        args.dL_dcolor = dL_dcolor.data_ptr<float>();
+        args.dL_dimportance = dL_dimportance.data_ptr<float>();
+        launch(dc::render_backward(args, grid, splat_grads.data_ptr<float>(), stream), "render_backward");
+    }
+
+    // Pass 2, per Gaussian: chain back through the preprocess.
+    torch::Tensor g_means3D = torch::zeros({P, 3}, f32);
+    torch::Tensor g_means2D = torch::zeros({P, 3}, f32);
+    torch::Tensor g_opacities = torch::zeros({P}, f32);
+    torch::Tensor g_importances = torch::zeros({P}, f32);
+    torch::Tensor g_colors = torch::zeros({P, 3}, f32);
+    torch::Tensor g_shs = torch::zeros({P, std::max<int64_t>(gs.in.sh_coeffs, 1), 3}, f32);
+    torch::Tensor g_cov3D = torch::zeros({P, 6}, f32);
+    torch::Tensor g_scales = torch::zeros({P, 3}, f32);
+    torch::Tensor g_rotations = torch::zeros({P, 4}, f32);
+    const dgr::GaussianGrads out{g_means3D.data_ptr<float>(),   g_means2D.data_ptr<float>(),
+                                 g_opacities.data_ptr<float>(), g_importances.data_ptr<float>(),
+                                 g_colors.data_ptr<float>(),    g_shs.data_ptr<float>(),
+                                 g_cov3D.data_ptr<float>(),     g_scales.data_ptr<float>(),
+                                 g_rotations.data_ptr<float>()};
+    if (num_entries > 0)
+        launch(dc::preprocess_backward(P, gs.in, cam, grid, state[S_TILES_TOUCHED].data_ptr<int32_t>(),
+                                       splat_grads.data_ptr<float>(), out, stream),
+               "preprocess_backward");
+    return {g_means3D, g_means2D, g_opacities, g_importances, g_colors, g_shs, g_cov3D, g_scales, g_rotations};
+}
+
+torch::Tensor mark_visible_cuda(const torch::Tensor& means3D, const torch::Tensor& viewmatrix,
+                                const torch::Tensor& projmatrix) {
+    (void)projmatrix;  // the test is the near plane in view space only
+    const Checker check{"mark_visible_cuda", means3D.device()};
+    TORCH_CHECK(means3D.is_cuda(), check.fn, ": means3D must be a CUDA tensor, got one on ", means3D.device());
+    TORCH_CHECK(means3D.dim() == 2 && means3D.size(1) == 3, check.fn, ": means3D: expected shape [P, 3], got ",
+                means3D.sizes());
+    const int64_t P = means3D.size(0);
+    TORCH_CHECK(P < int64_t(INT32_MAX), check.fn, ": at most 2^31 - 1 Gaussians, got ", P);
+    check.tensor("means3D", means3D, torch::kFloat32);
+    check.tensor("viewmatrix", viewmatrix, torch::kFloat32, 16);
+
+    const c10::cuda::CUDAGuard guard(means3D.device());
+    const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+    torch::Tensor visible = torch::empty({P}, means3D.options().dtype(torch::kBool));
+    const Launches launch{check.fn, stream, false};
+    launch(dc::mark_visible(P, means3D.data_ptr<float>(), viewmatrix.data_ptr<float>(), visible.data_ptr<bool>(),
+                            stream),
+           "mark_visible");
+    return visible;
+}
