@@ -7,6 +7,13 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
     m.def("rasterize_forward_cpu", &rasterize_forward_cpu, "Forward pass of the CPU backend");
     m.def("rasterize_backward_cpu", &rasterize_backward_cpu, "Backward pass of the CPU backend");
     m.def("mark_visible_cpu", &mark_visible_cpu, "Near-plane test of the CPU backend");
+    // For tests: the shared header's antialiasing ratio det0/det1 and its
+    // exact gradient at an undilated 2D covariance (a, b, c).
+    m.def("_antialias_ratio_and_grad", [](float a, float b, float c) {
+        const glm::vec3 cov(a, b, c);
+        const glm::vec3 g = dgr::antialias_ratio_backward(cov);
+        return std::make_tuple(dgr::antialias_ratio(cov), g.x, g.y, g.z);
+    });
 #ifdef DGR_WITH_CUDA
     // `debug` is keyword-or-positional and defaults to False, so a caller
     // written for the CPU signature works unchanged.
@@ -15,12 +22,13 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
           arg("means3D"), arg("colors_precomp"), arg("opacities"), arg("importances"), arg("scales"),
           arg("rotations"), arg("scale_modifier"), arg("cov3D_precomp"), arg("viewmatrix"), arg("projmatrix"),
           arg("tan_fovx"), arg("tan_fovy"), arg("image_height"), arg("image_width"), arg("shs"), arg("sh_degree"),
-          arg("campos"), arg("debug") = false);
+          arg("campos"), arg("antialiasing"), arg("debug") = false);
     m.def("rasterize_backward_cuda", &rasterize_backward_cuda, "Backward pass of the CUDA backend",
           arg("background"), arg("means3D"), arg("colors_precomp"), arg("opacities"), arg("importances"),
           arg("scales"), arg("rotations"), arg("scale_modifier"), arg("cov3D_precomp"), arg("viewmatrix"),
           arg("projmatrix"), arg("tan_fovx"), arg("tan_fovy"), arg("shs"), arg("sh_degree"), arg("campos"),
-          arg("state"), arg("dL_dcolor"), arg("dL_dimportance"), arg("debug") = false);
+          arg("state"), arg("antialiasing"), arg("dL_dcolor"), arg("dL_dimportance"), arg("dL_dinvdepth"),
+          arg("dL_dalpha"), arg("debug") = false);
     m.def("mark_visible_cuda", &mark_visible_cuda, "Near-plane test of the CUDA backend");
     m.attr("has_cuda") = true;
 #else

@@ -52,7 +52,7 @@ Gaussians check_gaussians(const Checker& c, const torch::Tensor& means3D, const 
                           const torch::Tensor& opacities, const torch::Tensor& importances,
                           const torch::Tensor& scales, const torch::Tensor& rotations,
                           const torch::Tensor& cov3D_precomp, const torch::Tensor& shs, int64_t sh_degree,
-                          double scale_modifier) {
+                          double scale_modifier, bool antialiasing) {
     TORCH_CHECK(means3D.is_cuda(), c.fn, ": means3D must be a CUDA tensor, got one on ", means3D.device());
     TORCH_CHECK(means3D.dim() == 2 && means3D.size(1) == 3, c.fn, ": means3D: expected shape [P, 3], got ",
                 means3D.sizes());
@@ -86,7 +86,7 @@ Gaussians check_gaussians(const Checker& c, const torch::Tensor& means3D, const 
     Gaussians g;
     g.P = P;
     g.in = gaussian_inputs(means3D, scales, rotations, cov3D_precomp, shs, colors_precomp, opacities, sh_degree,
-                           scale_modifier);
+                           scale_modifier, antialiasing);
     return g;
 }
 
@@ -158,10 +158,10 @@ std::vector<torch::Tensor> rasterize_forward_cuda(
     const torch::Tensor& rotations, double scale_modifier, const torch::Tensor& cov3D_precomp,
     const torch::Tensor& viewmatrix, const torch::Tensor& projmatrix, double tan_fovx, double tan_fovy,
     int64_t image_height, int64_t image_width, const torch::Tensor& shs, int64_t sh_degree,
-    const torch::Tensor& campos, bool debug) {
+    const torch::Tensor& campos, bool antialiasing, bool debug) {
     const Checker check{"rasterize_forward_cuda", means3D.device()};
     const Gaussians gs = check_gaussians(check, means3D, colors_precomp, opacities, importances, scales, rotations,
-                                         cov3D_precomp, shs, sh_degree, scale_modifier);
+                                         cov3D_precomp, shs, sh_degree, scale_modifier, antialiasing);
     const int64_t P = gs.P, H = image_height, W = image_width;
     const dc::CameraArgs cam =
         check_camera(check, background, viewmatrix, projmatrix, campos, tan_fovx, tan_fovy, H, W);
@@ -225,41 +225,44 @@ std::vector<torch::Tensor> rasterize_forward_cuda(
     // Per pixel.
     torch::Tensor out_color = torch::empty({3, H, W}, f32);
     torch::Tensor out_importance = torch::empty({H, W}, f32);
+    torch::Tensor out_invdepth = torch::empty({1, H, W}, f32);
     torch::Tensor final_T = torch::empty({H, W}, f32);
     torch::Tensor n_contrib = torch::empty({H, W}, i32);
     dc::RenderArgs args;
     args.tile_ranges = tile_ranges.data_ptr<int64_t>();
     args.point_list = point_list.data_ptr<int32_t>();
-    args.means2D = means2D.data_ptr<float>();
-    args.conic_opacity = conic_opacity.data_ptr<float>();
-    args.colors = colors.data_ptr<float>();
-    args.importances = ptr_or_null<float>(importances);
+    args.splats = dgr::SplatSource{means2D.data_ptr<float>(), conic_opacity.data_ptr<float>(), colors.data_ptr<float>(),
+                                   ptr_or_null<float>(importances), depths.data_ptr<float>()};
     args.background = background.data_ptr<float>();
     args.width = int(W);
     args.height = int(H);
     launch(dc::render(args, grid, out_color.data_ptr<float>(), out_importance.data_ptr<float>(),
-                      final_T.data_ptr<float>(), n_contrib.data_ptr<int32_t>(), stream),
+                      out_invdepth.data_ptr<float>(), final_T.data_ptr<float>(), n_contrib.data_ptr<int32_t>(),
+                      stream),
            "render");
 
     // Not used by the CUDA backward (it reduces with atomics); kept so the
     // state has the CPU's 11 entries in the CPU's order.
     torch::Tensor slot_entries = torch::empty({0}, i64);
 
-    std::vector<torch::Tensor> result(3 + S_COUNT);
+    constexpr int S = 5;  // the state follows the five outputs
+    std::vector<torch::Tensor> result(S + S_COUNT);
     result[0] = out_color;
     result[1] = out_importance;
     result[2] = radii;
-    result[3 + S_MEANS2D] = means2D;
-    result[3 + S_DEPTHS] = depths;
-    result[3 + S_CONIC_OPACITY] = conic_opacity;
-    result[3 + S_COLORS] = colors;
-    result[3 + S_TILES_TOUCHED] = tiles_touched;
-    result[3 + S_GAUSSIAN_OFFSETS] = gaussian_offsets;
-    result[3 + S_TILE_RANGES] = tile_ranges;
-    result[3 + S_POINT_LIST] = point_list;
-    result[3 + S_SLOT_ENTRIES] = slot_entries;
-    result[3 + S_FINAL_T] = final_T;
-    result[3 + S_N_CONTRIB] = n_contrib;
+    result[3] = out_invdepth;
+    result[4] = (1.0f - final_T).unsqueeze(0);
+    result[S + S_MEANS2D] = means2D;
+    result[S + S_DEPTHS] = depths;
+    result[S + S_CONIC_OPACITY] = conic_opacity;
+    result[S + S_COLORS] = colors;
+    result[S + S_TILES_TOUCHED] = tiles_touched;
+    result[S + S_GAUSSIAN_OFFSETS] = gaussian_offsets;
+    result[S + S_TILE_RANGES] = tile_ranges;
+    result[S + S_POINT_LIST] = point_list;
+    result[S + S_SLOT_ENTRIES] = slot_entries;
+    result[S + S_FINAL_T] = final_T;
+    result[S + S_N_CONTRIB] = n_contrib;
     return result;
 }
 
@@ -269,12 +272,13 @@ std::vector<torch::Tensor> rasterize_backward_cuda(
     const torch::Tensor& rotations, double scale_modifier, const torch::Tensor& cov3D_precomp,
     const torch::Tensor& viewmatrix, const torch::Tensor& projmatrix, double tan_fovx, double tan_fovy,
     const torch::Tensor& shs, int64_t sh_degree, const torch::Tensor& campos, const std::vector<torch::Tensor>& state,
-    const torch::Tensor& dL_dcolor, const torch::Tensor& dL_dimportance, bool debug) {
+    bool antialiasing, const torch::Tensor& dL_dcolor, const torch::Tensor& dL_dimportance,
+    const torch::Tensor& dL_dinvdepth, const torch::Tensor& dL_dalpha, bool debug) {
     const Checker check{"rasterize_backward_cuda", means3D.device()};
     TORCH_CHECK(state.size() == S_COUNT, check.fn, ": expected ", int(S_COUNT), " forward-state tensors, got ",
                 state.size());
     const Gaussians gs = check_gaussians(check, means3D, colors_precomp, opacities, importances, scales, rotations,
-                                         cov3D_precomp, shs, sh_degree, scale_modifier);
+                                         cov3D_precomp, shs, sh_degree, scale_modifier, antialiasing);
     const int64_t P = gs.P;
     const torch::Tensor& final_T = state[S_FINAL_T];
     TORCH_CHECK(final_T.dim() == 2, check.fn, ": final_T: expected shape [H, W], got ", final_T.sizes());
@@ -293,6 +297,9 @@ std::vector<torch::Tensor> rasterize_backward_cuda(
     check.tensor("state.n_contrib", state[S_N_CONTRIB], torch::kInt32, H * W);
     check.tensor("dL_dcolor", dL_dcolor, torch::kFloat32, 3 * H * W);
     check.tensor("dL_dimportance", dL_dimportance, torch::kFloat32, H * W);
+    check.tensor("dL_dinvdepth", dL_dinvdepth, torch::kFloat32, H * W);
+    check.tensor("dL_dalpha", dL_dalpha, torch::kFloat32, H * W);
+    check.tensor("state.depths", state[S_DEPTHS], torch::kFloat32, P);
 
     const c10::cuda::CUDAGuard guard(means3D.device());
     const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
@@ -305,10 +312,9 @@ std::vector<torch::Tensor> rasterize_backward_cuda(
         dc::RenderBackwardArgs args;
         args.forward.tile_ranges = state[S_TILE_RANGES].data_ptr<int64_t>();
         args.forward.point_list = state[S_POINT_LIST].data_ptr<int32_t>();
-        args.forward.means2D = state[S_MEANS2D].data_ptr<float>();
-        args.forward.conic_opacity = state[S_CONIC_OPACITY].data_ptr<float>();
-        args.forward.colors = state[S_COLORS].data_ptr<float>();
-        args.forward.importances = importances.data_ptr<float>();
+        args.forward.splats = dgr::SplatSource{state[S_MEANS2D].data_ptr<float>(), state[S_CONIC_OPACITY].data_ptr<float>(),
+                                               state[S_COLORS].data_ptr<float>(), importances.data_ptr<float>(),
+                                               state[S_DEPTHS].data_ptr<float>()};
         args.forward.background = background.data_ptr<float>();
         args.forward.width = int(W);
         args.forward.height = int(H);
@@ -316,6 +322,8 @@ std::vector<torch::Tensor> rasterize_backward_cuda(
         args.n_contrib = state[S_N_CONTRIB].data_ptr<int32_t>();
         args.dL_dcolor = dL_dcolor.data_ptr<float>();
         args.dL_dimportance = dL_dimportance.data_ptr<float>();
+        args.dL_dinvdepth = dL_dinvdepth.data_ptr<float>();
+        args.dL_dalpha = dL_dalpha.data_ptr<float>();
         launch(dc::render_backward(args, grid, splat_grads.data_ptr<float>(), stream), "render_backward");
     }
 

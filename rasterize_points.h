@@ -22,7 +22,8 @@ T* ptr_or_null(const torch::Tensor& t) {
 inline dgr::GaussianInputs gaussian_inputs(const torch::Tensor& means3D, const torch::Tensor& scales,
                                            const torch::Tensor& rotations, const torch::Tensor& cov3D_precomp,
                                            const torch::Tensor& shs, const torch::Tensor& colors_precomp,
-                                           const torch::Tensor& opacities, int64_t sh_degree, double scale_modifier) {
+                                           const torch::Tensor& opacities, int64_t sh_degree, double scale_modifier,
+                                           bool antialiasing) {
     dgr::GaussianInputs in;
     in.means3D = means3D.data_ptr<float>();
     in.scales = ptr_or_null<float>(scales);
@@ -34,11 +35,12 @@ inline dgr::GaussianInputs gaussian_inputs(const torch::Tensor& means3D, const t
     in.sh_coeffs = shs.numel() > 0 ? int(shs.size(1)) : 0;
     in.sh_degree = int(sh_degree);
     in.scale_modifier = float(scale_modifier);
+    in.antialiasing = antialiasing;
     return in;
 }
 
 // Forward. Returns, in order: color [3,H,W], importance_map [H,W], radii [P]
-// int32, then the 11 tensors the backward needs (ForwardState in
+// int32, invdepth [1,H,W], alpha [1,H,W], then the 11 tensors the backward needs (ForwardState in
 // cpu/rasterize_points_cpu.cpp): means2D [P,2], depths [P],
 // conic_opacity [P,4], colors [P,3], tiles_touched [P] int32,
 // gaussian_offsets [P+1] int64, tile_ranges [tiles+1] int64, point_list [E]
@@ -49,9 +51,10 @@ std::vector<torch::Tensor> rasterize_forward_cpu(
     const torch::Tensor& rotations, double scale_modifier, const torch::Tensor& cov3D_precomp,
     const torch::Tensor& viewmatrix, const torch::Tensor& projmatrix, double tan_fovx, double tan_fovy,
     int64_t image_height, int64_t image_width, const torch::Tensor& shs, int64_t sh_degree,
-    const torch::Tensor& campos);
+    const torch::Tensor& campos, bool antialiasing);
 
-// Backward. `state` is the forward's outputs from index 3 on, unchanged. Returns
+// Backward. `state` is the forward's outputs from index 5 on, unchanged; the
+// upstream gradients are of color, importance_map, invdepth and alpha. Returns
 // gradients of: means3D [P,3], means2D [P,3], opacities [P], importances [P],
 // colors_precomp [P,3], shs [P,M,3], cov3D_precomp [P,6], scales [P,3],
 // rotations [P,4] (zeros for inputs that were not given).
@@ -61,7 +64,8 @@ std::vector<torch::Tensor> rasterize_backward_cpu(
     const torch::Tensor& rotations, double scale_modifier, const torch::Tensor& cov3D_precomp,
     const torch::Tensor& viewmatrix, const torch::Tensor& projmatrix, double tan_fovx, double tan_fovy,
     const torch::Tensor& shs, int64_t sh_degree, const torch::Tensor& campos, const std::vector<torch::Tensor>& state,
-    const torch::Tensor& dL_dcolor, const torch::Tensor& dL_dimportance);
+    bool antialiasing, const torch::Tensor& dL_dcolor, const torch::Tensor& dL_dimportance,
+    const torch::Tensor& dL_dinvdepth, const torch::Tensor& dL_dalpha);
 
 // Near-plane test per Gaussian: [P] bool.
 torch::Tensor mark_visible_cpu(const torch::Tensor& means3D, const torch::Tensor& viewmatrix,
@@ -80,7 +84,7 @@ std::vector<torch::Tensor> rasterize_forward_cuda(
     const torch::Tensor& rotations, double scale_modifier, const torch::Tensor& cov3D_precomp,
     const torch::Tensor& viewmatrix, const torch::Tensor& projmatrix, double tan_fovx, double tan_fovy,
     int64_t image_height, int64_t image_width, const torch::Tensor& shs, int64_t sh_degree,
-    const torch::Tensor& campos, bool debug);
+    const torch::Tensor& campos, bool antialiasing, bool debug);
 
 std::vector<torch::Tensor> rasterize_backward_cuda(
     const torch::Tensor& background, const torch::Tensor& means3D, const torch::Tensor& colors_precomp,
@@ -88,7 +92,8 @@ std::vector<torch::Tensor> rasterize_backward_cuda(
     const torch::Tensor& rotations, double scale_modifier, const torch::Tensor& cov3D_precomp,
     const torch::Tensor& viewmatrix, const torch::Tensor& projmatrix, double tan_fovx, double tan_fovy,
     const torch::Tensor& shs, int64_t sh_degree, const torch::Tensor& campos, const std::vector<torch::Tensor>& state,
-    const torch::Tensor& dL_dcolor, const torch::Tensor& dL_dimportance, bool debug);
+    bool antialiasing, const torch::Tensor& dL_dcolor, const torch::Tensor& dL_dimportance,
+    const torch::Tensor& dL_dinvdepth, const torch::Tensor& dL_dalpha, bool debug);
 
 torch::Tensor mark_visible_cuda(const torch::Tensor& means3D, const torch::Tensor& viewmatrix,
                                 const torch::Tensor& projmatrix);

@@ -128,23 +128,12 @@ void for_each_pixel(int64_t tile, const TileGrid& grid, int64_t H, int64_t W, co
 // The splats of one tile copied into contiguous arrays, front to back.
 struct TileSplats {
     std::vector<dgr::Splat> splats;
-    std::vector<float> colors;
-    std::vector<float> importances;
+    std::vector<dgr::SplatFeatures> features;
 
-    void load(const int32_t* points, int64_t begin, int64_t end, const float* means2D, const float* conic_opacity,
-              const float* gaussian_colors, const float* gaussian_importances) {
-        const int64_t n = end - begin;
-        splats.resize(n);
-        colors.resize(3 * n);
-        importances.resize(n);
-        for (int64_t j = 0; j < n; ++j) {
-            const int64_t g = points[begin + j];
-            splats[j].mean = glm::vec2(means2D[2 * g], means2D[2 * g + 1]);
-            splats[j].conic_opacity = glm::vec4(conic_opacity[4 * g], conic_opacity[4 * g + 1],
-                                                conic_opacity[4 * g + 2], conic_opacity[4 * g + 3]);
-            for (int ch = 0; ch < 3; ++ch) colors[3 * j + ch] = gaussian_colors[3 * g + ch];
-            importances[j] = gaussian_importances[g];
-        }
+    void load(const dgr::SplatSource& src, const int32_t* points, int64_t begin, int64_t end) {
+        splats.resize(end - begin);
+        features.resize(end - begin);
+        for (int64_t j = 0; j < end - begin; ++j) dgr::load_splat(src, points[begin + j], splats[j], features[j]);
     }
 };
 
@@ -178,12 +167,13 @@ std::vector<torch::Tensor> rasterize_forward_cpu(
     const torch::Tensor& rotations, double scale_modifier, const torch::Tensor& cov3D_precomp,
     const torch::Tensor& viewmatrix, const torch::Tensor& projmatrix, double tan_fovx, double tan_fovy,
     int64_t image_height, int64_t image_width, const torch::Tensor& shs, int64_t sh_degree,
-    const torch::Tensor& campos) {
+    const torch::Tensor& campos, bool antialiasing) {
     const int64_t P = means3D.size(0);
     const int64_t H = image_height, W = image_width;
     const dgr::Camera cam = make_camera(viewmatrix, projmatrix, campos, tan_fovx, tan_fovy, H, W);
     const dgr::GaussianInputs in =
-        gaussian_inputs(means3D, scales, rotations, cov3D_precomp, shs, colors_precomp, opacities, sh_degree, scale_modifier);
+        gaussian_inputs(means3D, scales, rotations, cov3D_precomp, shs, colors_precomp, opacities, sh_degree, scale_modifier,
+                        antialiasing);
     const TileGrid grid = make_grid(H, W);
 
     auto f32 = torch::TensorOptions().dtype(torch::kFloat32);
@@ -207,21 +197,23 @@ std::vector<torch::Tensor> rasterize_forward_cpu(
 
     torch::Tensor out_color = torch::empty({3, H, W}, f32);
     torch::Tensor out_importance = torch::empty({H, W}, f32);
+    torch::Tensor out_invdepth = torch::empty({1, H, W}, f32);
     torch::Tensor final_T = torch::empty({H, W}, f32);
     torch::Tensor n_contrib = torch::empty({H, W}, i32);
     float* color_px = out_color.data_ptr<float>();
     float* importance_px = out_importance.data_ptr<float>();
+    float* invdepth_px = out_invdepth.data_ptr<float>();
     float* final_T_px = final_T.data_ptr<float>();
     int* n_contrib_px = n_contrib.data_ptr<int>();
     const float* bg = background.data_ptr<float>();
     const int64_t* ranges = bins.tile_ranges.data_ptr<int64_t>();
     const int32_t* points = bins.point_list.data_ptr<int32_t>();
-    const float* importance = importances.data_ptr<float>();
+    const dgr::SplatSource src{means2D.data_ptr<float>(), conic_opacity.data_ptr<float>(), colors.data_ptr<float>(),
+                               importances.data_ptr<float>(), depths.data_ptr<float>()};
 
     parallel_for_dynamic(grid.num_tiles(), [&](int64_t tile) {
         TileSplats ts;
-        ts.load(points, ranges[tile], ranges[tile + 1], means2D.data_ptr<float>(), conic_opacity.data_ptr<float>(),
-                colors.data_ptr<float>(), importance);
+        ts.load(src, points, ranges[tile], ranges[tile + 1]);
         const int64_t n = ranges[tile + 1] - ranges[tile];
         for_each_pixel(tile, grid, H, W, [&](float x, float y, int64_t pix) {
             dgr::PixelAccumulator acc;
@@ -230,11 +222,12 @@ std::vector<torch::Tensor> rasterize_forward_cpu(
                 const dgr::Splat& s = ts.splats[j];
                 float alpha, G;
                 if (!dgr::splat_alpha(s.conic_opacity, s.mean.x - x, s.mean.y - y, alpha, G)) continue;
-                if (!acc.blend(alpha, &ts.colors[3 * j], ts.importances[j])) break;
+                if (!acc.blend(alpha, ts.features[j])) break;
                 last = int(j + 1);
             }
             for (int ch = 0; ch < 3; ++ch) color_px[ch * H * W + pix] = acc.final_color(ch, bg);
-            importance_px[pix] = acc.importance;
+            importance_px[pix] = acc.importance();
+            invdepth_px[pix] = acc.invdepth();
             final_T_px[pix] = acc.T;
             n_contrib_px[pix] = last;
         });
@@ -243,7 +236,8 @@ std::vector<torch::Tensor> rasterize_forward_cpu(
     const ForwardState st{means2D,          depths,          conic_opacity,   colors,  tiles_touched,
                           bins.gaussian_offsets, bins.tile_ranges, bins.point_list, bins.slot_entries, final_T,
                           n_contrib};
-    std::vector<torch::Tensor> result = {out_color, out_importance, radii};
+    torch::Tensor out_alpha = (1.0f - final_T).unsqueeze(0);
+    std::vector<torch::Tensor> result = {out_color, out_importance, radii, out_invdepth, out_alpha};
     for (const torch::Tensor& t : st.to_vector()) result.push_back(t);
     return result;
 }
@@ -254,13 +248,15 @@ std::vector<torch::Tensor> rasterize_backward_cpu(
     const torch::Tensor& rotations, double scale_modifier, const torch::Tensor& cov3D_precomp,
     const torch::Tensor& viewmatrix, const torch::Tensor& projmatrix, double tan_fovx, double tan_fovy,
     const torch::Tensor& shs, int64_t sh_degree, const torch::Tensor& campos, const std::vector<torch::Tensor>& state,
-    const torch::Tensor& dL_dcolor, const torch::Tensor& dL_dimportance) {
+    bool antialiasing, const torch::Tensor& dL_dcolor, const torch::Tensor& dL_dimportance,
+    const torch::Tensor& dL_dinvdepth, const torch::Tensor& dL_dalpha) {
     const ForwardState st = ForwardState::from_vector(state);
     const int64_t P = means3D.size(0);
     const int64_t H = st.final_T.size(0), W = st.final_T.size(1);
     const dgr::Camera cam = make_camera(viewmatrix, projmatrix, campos, tan_fovx, tan_fovy, H, W);
     const dgr::GaussianInputs in =
-        gaussian_inputs(means3D, scales, rotations, cov3D_precomp, shs, colors_precomp, opacities, sh_degree, scale_modifier);
+        gaussian_inputs(means3D, scales, rotations, cov3D_precomp, shs, colors_precomp, opacities, sh_degree, scale_modifier,
+                        antialiasing);
     const TileGrid grid = make_grid(H, W);
 
     // Pass 1, per tile: each pixel walks its splats back to front; the
@@ -274,23 +270,30 @@ std::vector<torch::Tensor> rasterize_backward_cpu(
     const int* n_contrib = st.n_contrib.data_ptr<int>();
     const float* dL_dpix = dL_dcolor.data_ptr<float>();
     const float* dL_dimp = dL_dimportance.data_ptr<float>();
+    const float* dL_dinv = dL_dinvdepth.data_ptr<float>();
+    const float* dL_dalp = dL_dalpha.data_ptr<float>();
     const float* bg = background.data_ptr<float>();
     const float half_w = 0.5f * float(W), half_h = 0.5f * float(H);
+    const dgr::SplatSource src{st.means2D.data_ptr<float>(), st.conic_opacity.data_ptr<float>(),
+                               st.colors.data_ptr<float>(), importances.data_ptr<float>(), st.depths.data_ptr<float>()};
     parallel_for_dynamic(grid.num_tiles(), [&](int64_t tile) {
         TileSplats ts;
-        ts.load(points, ranges[tile], ranges[tile + 1], st.means2D.data_ptr<float>(),
-                st.conic_opacity.data_ptr<float>(), st.colors.data_ptr<float>(), importances.data_ptr<float>());
+        ts.load(src, points, ranges[tile], ranges[tile + 1]);
         dgr::SplatGrad* grads = entry_grads.data() + ranges[tile];
         for_each_pixel(tile, grid, H, W, [&](float x, float y, int64_t pix) {
-            const float dL_dpixel[3] = {dL_dpix[pix], dL_dpix[H * W + pix], dL_dpix[2 * H * W + pix]};
+            dgr::PixelUpstream up;
+            for (int ch = 0; ch < 3; ++ch) up.feature[ch] = dL_dpix[ch * H * W + pix];
+            up.feature[dgr::FEATURE_IMPORTANCE] = dL_dimp[pix];
+            up.feature[dgr::FEATURE_INVDEPTH] = dL_dinv[pix];
+            up.alpha = dL_dalp[pix];
             dgr::PixelBackward pb;
-            pb.init(final_T[pix], dL_dpixel, dL_dimp[pix], bg);
+            pb.init(final_T[pix], up, bg);
             for (int j = n_contrib[pix] - 1; j >= 0; --j) {
                 const dgr::Splat& s = ts.splats[j];
                 const float dx = s.mean.x - x, dy = s.mean.y - y;
                 float alpha, G;
                 if (!dgr::splat_alpha(s.conic_opacity, dx, dy, alpha, G)) continue;
-                add_splat_grad(grads[j], pb.step(s, dx, dy, alpha, G, &ts.colors[3 * j], ts.importances[j], half_w, half_h));
+                add_splat_grad(grads[j], pb.step(s, dx, dy, alpha, G, ts.features[j], half_w, half_h));
             }
         });
     });

@@ -52,15 +52,18 @@ __global__ void __launch_bounds__(BLOCK_SIZE)
     __shared__ int s_max_last;
     __shared__ int s_gaussian[BLOCK_SIZE];
     __shared__ Splat s_splat[BLOCK_SIZE];
-    __shared__ float s_color[BLOCK_SIZE * NUM_CHANNELS];
-    __shared__ float s_importance[BLOCK_SIZE];
+    __shared__ SplatFeatures s_features[BLOCK_SIZE];
 
     PixelBackward pb;
     int last = 0;
     if (inside) {
         last = b.n_contrib[pix];
-        const float dL_dpix[NUM_CHANNELS] = {b.dL_dcolor[pix], b.dL_dcolor[HW + pix], b.dL_dcolor[2 * HW + pix]};
-        pb.init(b.final_T[pix], dL_dpix, b.dL_dimportance[pix], a.background);
+        PixelUpstream up;
+        for (int ch = 0; ch < NUM_CHANNELS; ++ch) up.feature[ch] = b.dL_dcolor[ch * HW + pix];
+        up.feature[FEATURE_IMPORTANCE] = b.dL_dimportance[pix];
+        up.feature[FEATURE_INVDEPTH] = b.dL_dinvdepth[pix];
+        up.alpha = b.dL_dalpha[pix];
+        pb.init(b.final_T[pix], up, a.background);
     }
     if (rank == 0) s_max_last = 0;
     __syncthreads();
@@ -76,11 +79,7 @@ __global__ void __launch_bounds__(BLOCK_SIZE)
             // slot rank holds tile-list position batch_end - 1 - rank: back to front
             const int g = a.point_list[begin + batch_end - 1 - rank];
             s_gaussian[rank] = g;
-            s_splat[rank].mean = glm::vec2(a.means2D[2 * g], a.means2D[2 * g + 1]);
-            s_splat[rank].conic_opacity = glm::vec4(a.conic_opacity[4 * g], a.conic_opacity[4 * g + 1],
-                                                    a.conic_opacity[4 * g + 2], a.conic_opacity[4 * g + 3]);
-            for (int ch = 0; ch < NUM_CHANNELS; ++ch) s_color[NUM_CHANNELS * rank + ch] = a.colors[NUM_CHANNELS * g + ch];
-            s_importance[rank] = a.importances[g];
+            load_splat(a.splats, g, s_splat[rank], s_features[rank]);
         }
         __syncthreads();
         for (int j = 0; j < n; ++j) {
@@ -92,7 +91,7 @@ __global__ void __launch_bounds__(BLOCK_SIZE)
                 const float dx = s.mean.x - px, dy = s.mean.y - py;
                 float alpha, G;
                 if (splat_alpha(s.conic_opacity, dx, dy, alpha, G)) {
-                    g = pb.step(s, dx, dy, alpha, G, &s_color[NUM_CHANNELS * j], s_importance[j], half_w, half_h);
+                    g = pb.step(s, dx, dy, alpha, G, s_features[j], half_w, half_h);
                     contributes = true;
                 }
             }

@@ -27,6 +27,7 @@ constexpr float PROJ_W_EPS = 1e-7f;          // p_w = 1 / (w + eps)
 constexpr float TANFOV_CLAMP = 1.3f;         // EWA Jacobian evaluated within 1.3 tanfov
 constexpr float LOWPASS_DILATION = 0.3f;     // added to the 2D covariance diagonal
 constexpr float MIN_EIGEN_DISCRIMINANT = 0.1f;
+constexpr float ANTIALIAS_MIN_RATIO = 0.000025f;  // floor of det0 / det1 in the opacity compensation
 constexpr float RADIUS_SIGMAS = 3.0f;
 constexpr float MAX_RADIUS = 1e9f;           // keeps the int32 radius and tile maths defined
 constexpr float ALPHA_MAX = 0.99f;

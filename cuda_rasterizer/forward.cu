@@ -18,7 +18,7 @@ __global__ void preprocess_kernel(int P, GaussianInputs in, CameraArgs cam_args,
 // time; the block stops fetching once every pixel is finished.
 __global__ void __launch_bounds__(BLOCK_SIZE)
     render_kernel(RenderArgs a, Grid grid, float* __restrict__ out_color, float* __restrict__ out_importance,
-                  float* __restrict__ final_T, int32_t* __restrict__ n_contrib) {
+                  float* __restrict__ out_invdepth, float* __restrict__ final_T, int32_t* __restrict__ n_contrib) {
     const int64_t tile = blockIdx.x;
     const int rank = threadIdx.y * BLOCK_X + threadIdx.x;
     const int x = int(tile % grid.grid_x) * BLOCK_X + threadIdx.x;
@@ -30,8 +30,7 @@ __global__ void __launch_bounds__(BLOCK_SIZE)
     const int64_t count = a.tile_ranges[tile + 1] - begin;
 
     __shared__ Splat s_splat[BLOCK_SIZE];
-    __shared__ float s_color[BLOCK_SIZE * NUM_CHANNELS];
-    __shared__ float s_importance[BLOCK_SIZE];
+    __shared__ SplatFeatures s_features[BLOCK_SIZE];
 
     PixelAccumulator acc;
     bool done = !inside;
@@ -41,21 +40,14 @@ __global__ void __launch_bounds__(BLOCK_SIZE)
         // Also the barrier that protects the shared arrays of the last batch.
         if (__syncthreads_count(done) == BLOCK_SIZE) break;
         const int64_t fetch = batch + rank;
-        if (fetch < count) {
-            const int g = a.point_list[begin + fetch];
-            s_splat[rank].mean = glm::vec2(a.means2D[2 * g], a.means2D[2 * g + 1]);
-            s_splat[rank].conic_opacity = glm::vec4(a.conic_opacity[4 * g], a.conic_opacity[4 * g + 1],
-                                                    a.conic_opacity[4 * g + 2], a.conic_opacity[4 * g + 3]);
-            for (int ch = 0; ch < NUM_CHANNELS; ++ch) s_color[NUM_CHANNELS * rank + ch] = a.colors[NUM_CHANNELS * g + ch];
-            s_importance[rank] = a.importances[g];
-        }
+        if (fetch < count) load_splat(a.splats, a.point_list[begin + fetch], s_splat[rank], s_features[rank]);
         __syncthreads();
         const int n = int(min(int64_t(BLOCK_SIZE), count - batch));
         for (int j = 0; !done && j < n; ++j) {
             const Splat& s = s_splat[j];
             float alpha, G;
             if (!splat_alpha(s.conic_opacity, s.mean.x - px, s.mean.y - py, alpha, G)) continue;
-            if (!acc.blend(alpha, &s_color[NUM_CHANNELS * j], s_importance[j])) {
+            if (!acc.blend(alpha, s_features[j])) {
                 done = true;
                 break;
             }
@@ -67,7 +59,8 @@ __global__ void __launch_bounds__(BLOCK_SIZE)
     const int64_t HW = int64_t(a.height) * a.width;
     const int64_t pix = int64_t(y) * a.width + x;
     for (int ch = 0; ch < NUM_CHANNELS; ++ch) out_color[ch * HW + pix] = acc.final_color(ch, a.background);
-    out_importance[pix] = acc.importance;
+    out_importance[pix] = acc.importance();
+    out_invdepth[pix] = acc.invdepth();
     final_T[pix] = acc.T;
     n_contrib[pix] = int32_t(last);
 }
@@ -90,11 +83,11 @@ cudaError_t preprocess(int64_t P, const GaussianInputs& in, const CameraArgs& ca
     return cudaGetLastError();
 }
 
-cudaError_t render(const RenderArgs& args, Grid grid, float* out_color, float* out_importance, float* final_T,
-                   int32_t* n_contrib, cudaStream_t stream) {
+cudaError_t render(const RenderArgs& args, Grid grid, float* out_color, float* out_importance, float* out_invdepth,
+                   float* final_T, int32_t* n_contrib, cudaStream_t stream) {
     if (grid.num_tiles() <= 0) return cudaSuccess;
     render_kernel<<<unsigned(grid.num_tiles()), dim3(BLOCK_X, BLOCK_Y), 0, stream>>>(
-        args, grid, out_color, out_importance, final_T, n_contrib);
+        args, grid, out_color, out_importance, out_invdepth, final_T, n_contrib);
     return cudaGetLastError();
 }
 

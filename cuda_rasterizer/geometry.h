@@ -150,6 +150,20 @@ RASTER_HD bool conic_and_radius(const glm::vec3& cov2d, glm::vec3& conic, float&
     return is_finite(conic.x) && is_finite(conic.y) && is_finite(conic.z) && is_finite(radius);
 }
 
+// Antialiasing (Mip-Splatting's 2D filter with opacity compensation): the
+// dilation by 0.3 widens the splat, so its opacity is scaled by
+// sqrt(det0 / det1), the ratio of the undilated to the dilated determinant,
+// floored at 0.000025.
+RASTER_HD float antialias_ratio(const glm::vec3& cov2d) {
+    const float det0 = cov2d.x * cov2d.z - cov2d.y * cov2d.y;
+    const float det1 = (cov2d.x + LOWPASS_DILATION) * (cov2d.z + LOWPASS_DILATION) - cov2d.y * cov2d.y;
+    return det0 / det1;
+}
+
+RASTER_HD float antialias_opacity_scale(const glm::vec3& cov2d) {
+    return sqrtf(fmaxf(ANTIALIAS_MIN_RATIO, antialias_ratio(cov2d)));
+}
+
 // Tiles [min, max) covered by a splat, clamped to the grid. Clamping happens
 // in float before the conversion, so far-away splats never overflow an int.
 struct TileRect {

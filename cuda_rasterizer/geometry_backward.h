@@ -18,6 +18,26 @@ RASTER_HD glm::vec3 conic_backward(const glm::vec3& cov2d, const glm::vec3& dL_d
                      (-b * b * gA + a * b * gB - a * a * gC) * inv_det2);
 }
 
+// d(det0 / det1) / d(a, b, c) of the undilated covariance, exact: det0 is
+// differentiated at the undilated entries, det1 at the dilated ones.
+RASTER_HD glm::vec3 antialias_ratio_backward(const glm::vec3& cov2d) {
+    const float a = cov2d.x, b = cov2d.y, c = cov2d.z;
+    const float det0 = a * c - b * b;
+    const float det1 = (a + LOWPASS_DILATION) * (c + LOWPASS_DILATION) - b * b;
+    const float inv_det1_2 = 1.0f / (det1 * det1);
+    return glm::vec3((c * det1 - det0 * (c + LOWPASS_DILATION)) * inv_det1_2,
+                     -2.f * b * (det1 - det0) * inv_det1_2,
+                     (a * det1 - det0 * (a + LOWPASS_DILATION)) * inv_det1_2);
+}
+
+// Gradient of the opacity scale sqrt(max(floor, ratio)) to (a, b, c); zero
+// where the floor is active.
+RASTER_HD glm::vec3 antialias_opacity_scale_backward(const glm::vec3& cov2d, float dL_dscale) {
+    const float ratio = antialias_ratio(cov2d);
+    if (!(ratio > ANTIALIAS_MIN_RATIO)) return glm::vec3(0.f);
+    return dL_dscale * 0.5f / sqrtf(ratio) * antialias_ratio_backward(cov2d);
+}
+
 // cov2D = [t0; t1] Sigma [t0; t1]^T with t0, t1 the rows of J W: gradient to
 // the six stored entries of Sigma and to the view-space mean (through J,
 // including the tanfov clamp: a clamped coordinate follows t.z instead).

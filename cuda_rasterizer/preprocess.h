@@ -22,6 +22,7 @@ struct GaussianInputs {
     int sh_coeffs;
     int sh_degree;
     float scale_modifier;
+    bool antialiasing;            // scale opacity by antialias_opacity_scale
 };
 
 // What the preprocess writes per Gaussian. Invisible Gaussians get radius 0
@@ -56,6 +57,7 @@ struct GaussianProjection {
     glm::vec2 mean2D;
     glm::vec3 cov2d;  // undilated
     glm::vec3 conic;
+    float opacity_scale;  // 1, or the antialiasing compensation
     float radius;
     TileRect rect;
     float cov3D[6];
@@ -77,6 +79,7 @@ RASTER_HD GaussianProjection project_gaussian(const GaussianInputs& in, int idx,
     g.ewa = ewa_projection(g.t_view, cam);
     g.cov2d = covariance_2d(g.ewa, g.cov3D);
     if (!conic_and_radius(g.cov2d, g.conic, g.radius)) return g;
+    g.opacity_scale = in.antialiasing ? antialias_opacity_scale(g.cov2d) : 1.0f;
     g.rect = tile_rect(g.mean2D, g.radius, grid_x, grid_y);
     g.visible = g.rect.area() > 0;
     return g;
@@ -103,7 +106,7 @@ RASTER_HD void preprocess_gaussian(int idx, const GaussianInputs& in, const Came
     out.conic_opacity[4 * idx] = g.conic.x;
     out.conic_opacity[4 * idx + 1] = g.conic.y;
     out.conic_opacity[4 * idx + 2] = g.conic.z;
-    out.conic_opacity[4 * idx + 3] = in.opacities[idx];
+    out.conic_opacity[4 * idx + 3] = in.opacities[idx] * g.opacity_scale;
     out.colors[3 * idx] = color.x;
     out.colors[3 * idx + 1] = color.y;
     out.colors[3 * idx + 2] = color.z;
@@ -136,12 +139,12 @@ RASTER_HD void preprocess_gaussian_backward(int idx, const GaussianInputs& in, c
     out.means2D[3 * idx] = g.mean[0];
     out.means2D[3 * idx + 1] = g.mean[1];
     out.means2D[3 * idx + 2] = 0.f;
-    out.opacities[idx] = g.opacity;
-    out.importances[idx] = g.importance;
+    out.opacities[idx] = g.opacity * p.opacity_scale;
+    out.importances[idx] = g.feature[FEATURE_IMPORTANCE];
 
     glm::vec3 dL_dmean = projection_backward(mean, cam.projmatrix, g.mean[0], g.mean[1]);
 
-    const glm::vec3 dL_dcolor(g.color[0], g.color[1], g.color[2]);
+    const glm::vec3 dL_dcolor(g.feature[0], g.feature[1], g.feature[2]);
     if (in.colors_precomp != nullptr) {
         out.colors_precomp[3 * idx] = dL_dcolor.x;
         out.colors_precomp[3 * idx + 1] = dL_dcolor.y;
@@ -156,10 +159,14 @@ RASTER_HD void preprocess_gaussian_backward(int idx, const GaussianInputs& in, c
                                          out.shs + 3 * in.sh_coeffs * idx);
     }
 
-    const glm::vec3 dL_dcov2d = conic_backward(p.cov2d, glm::vec3(g.conic[0], g.conic[1], g.conic[2]));
+    glm::vec3 dL_dcov2d = conic_backward(p.cov2d, glm::vec3(g.conic[0], g.conic[1], g.conic[2]));
+    if (in.antialiasing)  // the pixels saw opacity * scale(cov2D)
+        dL_dcov2d += antialias_opacity_scale_backward(p.cov2d, g.opacity * in.opacities[idx]);
     float dL_dcov3D[6];
     glm::vec3 dL_dt;
     covariance_2d_backward(p.ewa, cam, p.cov3D, dL_dcov2d, dL_dcov3D, dL_dt);
+    // inverse depth 1 / t.z (the unclamped view depth)
+    dL_dt.z -= g.feature[FEATURE_INVDEPTH] / (p.t_view.z * p.t_view.z);
     // t = W mean + translation
     dL_dmean += dL_dt.x * view_rotation_row(cam.viewmatrix, 0) + dL_dt.y * view_rotation_row(cam.viewmatrix, 1) +
                 dL_dt.z * view_rotation_row(cam.viewmatrix, 2);

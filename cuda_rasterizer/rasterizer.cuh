@@ -74,21 +74,18 @@ cudaError_t preprocess(int64_t P, const GaussianInputs& in, const CameraArgs& ca
                        const ProjectedGaussians& out, cudaStream_t stream);
 
 // Front-to-back blend, one 16x16 block per tile. Writes color [3,H,W]
-// (background included), importance [H,W], final_T [H,W] and n_contrib
-// [H,W] (tile-list position + 1 of the last blended splat).
+// (background included), importance [H,W], invdepth [H,W], final_T [H,W]
+// and n_contrib [H,W] (tile-list position + 1 of the last blended splat).
 struct RenderArgs {
     const int64_t* tile_ranges;   // [tiles+1]: tile t owns sorted entries [r[t], r[t+1])
     const int32_t* point_list;    // [E]: Gaussian of each sorted entry
-    const float* means2D;         // [P,2] pixels
-    const float* conic_opacity;   // [P,4]
-    const float* colors;          // [P,3]
-    const float* importances;     // [P]
+    SplatSource splats;           // the preprocess outputs the pixels read
     const float* background;      // [3]
     int width;
     int height;
 };
-cudaError_t render(const RenderArgs& args, Grid grid, float* out_color, float* out_importance, float* final_T,
-                   int32_t* n_contrib, cudaStream_t stream);
+cudaError_t render(const RenderArgs& args, Grid grid, float* out_color, float* out_importance, float* out_invdepth,
+                   float* final_T, int32_t* n_contrib, cudaStream_t stream);
 
 // visible[i] = dgr::in_front_of_near_plane(view * means3D[i]).
 cudaError_t mark_visible(int64_t P, const float* means3D, const float* viewmatrix, bool* visible,
@@ -134,6 +131,8 @@ struct RenderBackwardArgs {
     const int32_t* n_contrib;     // [H,W]
     const float* dL_dcolor;       // [3,H,W]
     const float* dL_dimportance;  // [H,W]
+    const float* dL_dinvdepth;    // [H,W]
+    const float* dL_dalpha;       // [H,W]
 };
 cudaError_t render_backward(const RenderBackwardArgs& args, Grid grid, float* splat_grads, cudaStream_t stream);
 

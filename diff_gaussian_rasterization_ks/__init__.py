@@ -8,13 +8,14 @@ CPU tensors run the compiled CPU backend, CUDA tensors the CUDA backend;
 algorithm (the test oracle, and the fallback where no kernel is compiled).
 """
 from .settings import GaussianRasterizationSettings
-from .rasterizer import GaussianRasterizer, rasterize_gaussians
+from .rasterizer import GaussianRasterizer, RenderOutput, rasterize_gaussians
 from .reference import ReferenceOutput, rasterize_reference
 from . import camera
 
 __all__ = [
     "GaussianRasterizationSettings",
     "GaussianRasterizer",
+    "RenderOutput",
     "rasterize_gaussians",
     "rasterize_reference",
     "ReferenceOutput",

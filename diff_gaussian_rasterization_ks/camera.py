@@ -54,6 +54,7 @@ def make_settings(
     zfar: float = 100.0,
     prefiltered: bool = False,
     debug: bool = False,
+    antialiasing: bool = False,
     device: Optional[torch.device] = None,
 ) -> GaussianRasterizationSettings:
     """Settings for a pinhole camera given its world-to-camera matrix [4, 4]."""
@@ -78,6 +79,7 @@ def make_settings(
         campos=campos.to(dev, torch.float32),
         prefiltered=prefiltered,
         debug=debug,
+        antialiasing=antialiasing,
     )
 
 

@@ -1,6 +1,6 @@
 """The public rasterizer: a drop-in for the stock 3DGS GaussianRasterizer that
 also renders an importance map and differentiates it."""
-from typing import Optional, Tuple
+from typing import NamedTuple, Optional, Tuple
 
 import torch
 from torch import nn
@@ -10,6 +10,20 @@ from ._validation import check_inputs, check_settings, check_tensor
 from .settings import GaussianRasterizationSettings
 
 _EMPTY = torch.empty(0)
+
+
+class RenderOutput(NamedTuple):
+    """Everything one rasterization produces (`GaussianRasterizer.render`).
+
+    color, importance_map, invdepth and alpha are differentiable; radii and
+    n_contrib are integers without gradient."""
+
+    color: torch.Tensor           # [3, H, W], background included
+    importance_map: torch.Tensor  # [H, W], sum_i o_i alpha_i T_i
+    radii: torch.Tensor           # [P] int32, 0 for culled Gaussians
+    invdepth: torch.Tensor        # [1, H, W], sum_i (1 / z_i) alpha_i T_i (0 where empty)
+    alpha: torch.Tensor           # [1, H, W], 1 - final transmittance
+    n_contrib: torch.Tensor       # [H, W] int32, tile-list position + 1 of the last blended splat
 
 
 def _or_empty(t: Optional[torch.Tensor], like: torch.Tensor) -> torch.Tensor:
@@ -43,20 +57,22 @@ class _RasterizeGaussians(torch.autograd.Function):
         outputs = kernels.forward(
             bg, means3D, colors_precomp, opacities, importances, scales, rotations, float(settings.scale_modifier),
             cov3D_precomp, view, proj, float(settings.tanfovx), float(settings.tanfovy), settings.image_height,
-            settings.image_width, shs, settings.sh_degree, campos, **_debug_kwargs(settings, means3D.device),
+            settings.image_width, shs, settings.sh_degree, campos, bool(settings.antialiasing),
+            **_debug_kwargs(settings, means3D.device),
         )
-        color, importance_map, radii = outputs[:3]
+        color, importance_map, radii, invdepth, alpha = outputs[:5]
+        state = outputs[5:]
         ctx.settings = settings
         ctx.kernels = kernels
         ctx.means2D_columns = means2D.shape[1]
-        ctx.num_state = len(outputs) - 3
         ctx.save_for_backward(means3D, shs, colors_precomp, opacities, importances, scales, rotations,
-                              cov3D_precomp, *outputs[3:])
-        ctx.mark_non_differentiable(radii)
-        return color, importance_map, radii
+                              cov3D_precomp, *state)
+        n_contrib = state[-1]
+        ctx.mark_non_differentiable(radii, n_contrib)
+        return color, importance_map, radii, invdepth, alpha, n_contrib
 
     @staticmethod
-    def backward(ctx, grad_color, grad_importance_map, _grad_radii):
+    def backward(ctx, grad_color, grad_importance_map, _grad_radii, grad_invdepth, grad_alpha, _grad_n_contrib):
         (means3D, shs, colors_precomp, opacities, importances, scales, rotations, cov3D_precomp,
          *state) = ctx.saved_tensors
         s = ctx.settings
@@ -65,12 +81,38 @@ class _RasterizeGaussians(torch.autograd.Function):
          g_rotations) = ctx.kernels.backward(
             bg, means3D, colors_precomp, opacities, importances, scales, rotations, float(s.scale_modifier),
             cov3D_precomp, view, proj, float(s.tanfovx), float(s.tanfovy), shs, s.sh_degree, campos, state,
-            grad_color.contiguous(), grad_importance_map.contiguous(), **_debug_kwargs(s, means3D.device),
+            bool(s.antialiasing), grad_color.contiguous(), grad_importance_map.contiguous(),
+            grad_invdepth.reshape(grad_importance_map.shape).contiguous(),
+            grad_alpha.reshape(grad_importance_map.shape).contiguous(), **_debug_kwargs(s, means3D.device),
         )
         g_shs, g_colors, g_scales, g_rotations, g_cov3D = (
             g if given else None for g, given in zip((g_shs, g_colors, g_scales, g_rotations, g_cov3D), ctx.given))
         return (g_means3D, g_means2D[:, : ctx.means2D_columns], g_shs, g_colors, g_opacities, g_importances,
                 g_scales, g_rotations, g_cov3D, None, None)
+
+
+def _render(means3D, means2D, sh, colors_precomp, opacities, scales, rotations, cov3Ds_precomp, raster_settings,
+            importances) -> RenderOutput:
+    """Validates, picks the backend for the device of means3D, and renders."""
+    kernels = _backend.kernels_for(means3D.device) if isinstance(means3D, torch.Tensor) else None
+    check_inputs(raster_settings, means3D, means2D, opacities, importances, sh, colors_precomp, scales, rotations,
+                 cov3Ds_precomp, dtype=torch.float32 if kernels is not None else None)
+    if kernels is None:
+        _backend.warn_fallback(means3D.device)
+        from .reference import rasterize_reference
+
+        ref = rasterize_reference(means3D, means2D, opacities, importances, sh, colors_precomp, scales, rotations,
+                                  cov3Ds_precomp, raster_settings=raster_settings)
+        # the reference has no tile lists: n_contrib is left at -1 ("unknown")
+        n_contrib = torch.full_like(ref.importance_map, -1, dtype=torch.int32)
+        return RenderOutput(ref.color, ref.importance_map, ref.radii, ref.invdepth, ref.alpha, n_contrib)
+    P = means3D.shape[0]
+    if importances is None:
+        importances = torch.ones(P, dtype=means3D.dtype, device=means3D.device)
+    return RenderOutput(*_RasterizeGaussians.apply(
+        means3D, means2D, sh, colors_precomp, opacities.reshape(P), importances.reshape(P), scales, rotations,
+        cov3Ds_precomp, raster_settings, kernels,
+    ))
 
 
 def rasterize_gaussians(
@@ -88,32 +130,9 @@ def rasterize_gaussians(
     """Functional form (argument order of the stock `rasterize_gaussians`, with
     `importances` appended). Returns (image [3,H,W], importance_map [H,W],
     radii [P] int32)."""
-    kernels = _backend.kernels_for(means3D.device) if isinstance(means3D, torch.Tensor) else None
-    check_inputs(raster_settings, means3D, means2D, opacities, importances, sh, colors_precomp, scales, rotations,
-                 cov3Ds_precomp, dtype=torch.float32 if kernels is not None else None)
-    if kernels is None:
-        _backend.warn_fallback(means3D.device)
-        from .reference import rasterize_reference
-
-        ref = rasterize_reference(means3D, means2D, opacities, importances, sh, colors_precomp, scales, rotations,
-                                  cov3Ds_precomp, raster_settings=raster_settings)
-        return ref.color, ref.importance_map, ref.radii
-    P = means3D.shape[0]
-    if importances is None:
-        importances = torch.ones(P, dtype=means3D.dtype, device=means3D.device)
-    return _RasterizeGaussians.apply(
-        means3D,
-        means2D,
-        sh,
-        colors_precomp,
-        opacities.reshape(P),
-        importances.reshape(P),
-        scales,
-        rotations,
-        cov3Ds_precomp,
-        raster_settings,
-        kernels,
-    )
+    out = _render(means3D, means2D, sh, colors_precomp, opacities, scales, rotations, cov3Ds_precomp,
+                  raster_settings, importances)
+    return out.color, out.importance_map, out.radii
 
 
 class GaussianRasterizer(nn.Module):
@@ -151,5 +170,23 @@ class GaussianRasterizer(nn.Module):
         cov3D_precomp: Optional[torch.Tensor] = None,
         importances: Optional[torch.Tensor] = None,
     ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        return rasterize_gaussians(means3D, means2D, shs, colors_precomp, opacities, scales, rotations,
-                                   cov3D_precomp, self.raster_settings, importances=importances)
+        out = self.render(means3D, means2D, opacities, shs, colors_precomp, scales, rotations, cov3D_precomp,
+                          importances)
+        return out.color, out.importance_map, out.radii
+
+    def render(
+        self,
+        means3D: torch.Tensor,
+        means2D: torch.Tensor,
+        opacities: torch.Tensor,
+        shs: Optional[torch.Tensor] = None,
+        colors_precomp: Optional[torch.Tensor] = None,
+        scales: Optional[torch.Tensor] = None,
+        rotations: Optional[torch.Tensor] = None,
+        cov3D_precomp: Optional[torch.Tensor] = None,
+        importances: Optional[torch.Tensor] = None,
+    ) -> RenderOutput:
+        """Same arguments as `forward`; returns every output by name
+        (color, importance_map, radii, invdepth, alpha, n_contrib)."""
+        return _render(means3D, means2D, shs, colors_precomp, opacities, scales, rotations, cov3D_precomp,
+                       self.raster_settings, importances)

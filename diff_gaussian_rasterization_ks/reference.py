@@ -106,6 +106,9 @@ class ReferenceOutput(NamedTuple):
             (``1 - final_T`` is the alpha map).
         weights: ``[P, H, W]`` blending weight ``alpha_i T_i`` of Gaussian ``i``
             at each pixel, 0 where it was not blended; in the caller's order.
+        invdepth: ``[1, H, W]``, ``sum_i (1 / z_i) alpha_i T_i`` with ``z_i`` the
+            view depth (no background term).
+        alpha: ``[1, H, W]``, ``1 - final_T``.
     """
 
     color: Tensor
@@ -113,6 +116,8 @@ class ReferenceOutput(NamedTuple):
     radii: Tensor
     final_T: Tensor
     weights: Tensor
+    invdepth: Tensor
+    alpha: Tensor
 
 
 # ---------------------------------------------------------------------------
@@ -482,5 +487,6 @@ def rasterize_reference(
         importance_map = torch.einsum("p,phw->hw", imp_v, weights_v)
     else:
         importance_map = weights_v.sum(0)
+    invdepth = torch.einsum("p,phw->hw", 1.0 / g.depth, weights_v)[None]
     weights = weights_v.new_zeros(P, H, W).index_copy(0, order, weights_v)
-    return ReferenceOutput(color, importance_map, radii, final_T, weights)
+    return ReferenceOutput(color, importance_map, radii, final_T, weights, invdepth, (1.0 - final_T)[None])

@@ -24,3 +24,5 @@ class GaussianRasterizationSettings(NamedTuple):
     campos: torch.Tensor  # [3] camera centre in world space
     prefiltered: bool
     debug: bool
+    # Added by this project (always defaulted):
+    antialiasing: bool = False  # Mip-Splatting 2D filter: opacity *= sqrt(max(2.5e-5, det0 / det1))

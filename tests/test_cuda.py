@@ -93,10 +93,10 @@ def test_scenes_exercise_the_kernel_paths():
     than one shared-memory batch (256 splats) that pixels blend through, and
     pixels that stop on the transmittance floor."""
     out = raw_forward(many_layers_scene(), CPU)
-    ranges, n_contrib = out[9], out[13]
+    ranges, n_contrib = out[11], out[15]
     assert (ranges[1:] - ranges[:-1]).max() > 256 and n_contrib.max() > 256
     out = raw_forward(opaque_scene(), CPU)
-    assert (out[12] < 1e-3).float().mean() > 0.2
+    assert (out[14] < 1e-3).float().mean() > 0.2
 
 
 def all_scenes():
@@ -136,34 +136,46 @@ def settings_on(s, device):
 def upstream(settings, seed=0):
     H, W = settings.image_height, settings.image_width
     g = torch.Generator().manual_seed(seed)
-    return torch.randn(3, H, W, generator=g, dtype=F64), torch.randn(H, W, generator=g, dtype=F64)
+    return (torch.randn(3, H, W, generator=g, dtype=F64), torch.randn(H, W, generator=g, dtype=F64),
+            torch.randn(1, H, W, generator=g, dtype=F64), torch.randn(1, H, W, generator=g, dtype=F64))
 
 
-def run_backend(scene, device, up=None):
+MAPS = ("color", "importance_map", "invdepth", "alpha")
+
+
+def upstream_loss(out, up, device):
+    """sum over the maps given in `up` (color, importance[, invdepth, alpha])."""
+    return sum((getattr(out, m).double() * u.to(device)).sum() for m, u in zip(MAPS, up))
+
+
+def run_backend(scene, device, up=None, full=False):
     """Forward (and backward with upstream `up`) through the public API on
-    `device`; returns (color, importance, radii, inputs with .grad) on the CPU."""
+    `device`; returns (color, importance, radii, inputs with .grad) on the CPU,
+    or with full=True (RenderOutput on the CPU, grads)."""
     settings = settings_on(scene.settings, device)
     inputs = requires_grad_(cast_inputs(scene.inputs, device=device))
-    color, importance, radii = GaussianRasterizer(settings)(**inputs)
+    out = GaussianRasterizer(settings).render(**inputs)
     if up is not None:
-        up_c, up_i = (u.to(device) for u in up)
-        ((color.double() * up_c).sum() + (importance.double() * up_i).sum()).backward()
+        upstream_loss(out, up, device).backward()
     grads = {k: v.grad.detach().to(CPU) for k, v in inputs.items() if v is not None and v.grad is not None}
-    return color.detach().to(CPU), importance.detach().to(CPU), radii.detach().to(CPU), grads
+    out = type(out)(*(t.detach().to(CPU) for t in out))
+    if full:
+        return out, grads
+    return out.color, out.importance_map, out.radii, grads
 
 
 def run_oracle(scene, up=None):
     inputs = requires_grad_(cast_inputs(scene.inputs, F64))
     ref = rasterize_reference(**inputs, raster_settings=scene.settings)
     if up is not None:
-        ((ref.color * up[0]).sum() + (ref.importance_map * up[1]).sum()).backward()
+        upstream_loss(ref, up, CPU).backward()
     grads = {k: v.grad.detach() for k, v in inputs.items() if v is not None and v.grad is not None}
     return ref, grads
 
 
 def raw_forward(scene, device, **kwargs):
-    """The compiled forward called directly, as rasterizer.py calls it: all 14
-    outputs (color, importance, radii, then the forward state)."""
+    """The compiled forward called directly, as rasterizer.py calls it: all 16
+    outputs (color, importance, radii, invdepth, alpha, then the forward state)."""
     kernels = _backend.kernels_for(device)
     s = settings_on(scene.settings, device)
     x = cast_inputs(scene.inputs, device=device)
@@ -176,7 +188,7 @@ def raw_forward(scene, device, **kwargs):
         f(s.bg), x["means3D"], opt("colors_precomp"), x["opacities"].reshape(P), importances, opt("scales"),
         opt("rotations"), float(s.scale_modifier), opt("cov3D_precomp"), f(s.viewmatrix), f(s.projmatrix),
         float(s.tanfovx), float(s.tanfovy), s.image_height, s.image_width, opt("shs"), s.sh_degree, f(s.campos),
-        **kwargs,
+        bool(s.antialiasing), **kwargs,
     )
 
 
@@ -229,14 +241,14 @@ def test_forward_matches_cpu_and_oracle(make_scene):
 @needs_kernels
 @pytest.mark.parametrize("make_scene", all_scenes())
 def test_forward_state_matches_cpu(make_scene):
-    """The 14 outputs have the CPU's order, shapes and dtypes (the Python
+    """The 16 outputs have the CPU's order, shapes and dtypes (the Python
     autograd code is backend-agnostic), and the same values; slot_entries is
     the one tensor the CUDA backend leaves empty."""
     scene = make_scene()
     ours = [t.to(CPU) for t in raw_forward(scene, DEV)]
     cpu = raw_forward(scene, CPU)
-    assert len(ours) == len(cpu) == 14
-    names = ["color", "importance_map", "radii", "means2D", "depths", "conic_opacity", "colors", "tiles_touched",
+    assert len(ours) == len(cpu) == 16
+    names = ["color", "importance_map", "radii", "invdepth", "alpha", "means2D", "depths", "conic_opacity", "colors", "tiles_touched",
              "gaussian_offsets", "tile_ranges", "point_list", "slot_entries", "final_T", "n_contrib"]
     for name, a, b in zip(names, ours, cpu):
         assert a.dtype == b.dtype, f"{name}: dtype {a.dtype} vs CPU {b.dtype}"
@@ -244,8 +256,8 @@ def test_forward_state_matches_cpu(make_scene):
             assert a.numel() == 0
             continue
         assert a.shape == b.shape, f"{name}: shape {tuple(a.shape)} vs CPU {tuple(b.shape)}"
-    (color, importance, radii, means2D, depths, conic, colors, touched, offsets, ranges, points, _, final_T,
-     n_contrib) = ours
+    (color, importance, radii, invdepth, alpha, means2D, depths, conic, colors, touched, offsets, ranges, points, _,
+     final_T, n_contrib) = ours
     c = dict(zip(names, cpu))
     visible = c["radii"] > 0
     # per-Gaussian floats: a few ulp apart, more for the conic of a thin
@@ -282,6 +294,27 @@ def test_gradients_match_cpu_and_oracle(make_scene):
     assert_grads("cuda vs cpu", grads, c_grads, expected_names)
     checked = assert_grads("cuda vs oracle", grads, ref_grads, expected_names)
     assert {"means3D", "means2D", "opacities", "importances"} <= set(checked)
+
+
+@needs_kernels
+@pytest.mark.parametrize("antialiasing", [False, True])
+@pytest.mark.parametrize("make_scene", [p for p in all_scenes() if p.id in ("sh3", "cov3D_precomp", "opaque_early_stop")])
+def test_invdepth_alpha_and_antialiasing_match_cpu_and_oracle(make_scene, antialiasing):
+    """The issue-4 outputs on the GPU: all four maps and every gradient, with
+    upstream gradients on all four, with and without antialiasing."""
+    scene = make_scene()
+    scene = scene._replace(settings=scene.settings._replace(antialiasing=antialiasing))
+    up = upstream(scene.settings, seed=21)
+    out, grads = run_backend(scene, DEV, up, full=True)
+    c_out, c_grads = run_backend(scene, CPU, up, full=True)
+    ref, ref_grads = run_oracle(scene, up)
+    assert out.invdepth.max() > 0.1
+    for m in MAPS:
+        assert_close(f"{m} cuda vs cpu", getattr(out, m), getattr(c_out, m), **COLOR_TOL)
+        assert_close(f"{m} cuda vs oracle", getattr(out, m), getattr(ref, m), **COLOR_TOL)
+    names = [k for k, v in scene.inputs.items() if v is not None]
+    assert_grads("cuda vs cpu", grads, c_grads, names)
+    assert_grads("cuda vs oracle", grads, ref_grads, names)
 
 
 @needs_kernels

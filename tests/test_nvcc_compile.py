@@ -127,18 +127,23 @@ template <typename Out>
 RASTER_HD void dgr_exercise(int i, const dgr::GaussianInputs& in, const dgr::Camera& cam,
                             const dgr::ProjectedGaussians& out, const dgr::GaussianGrads& grads, float* buf, Out* res) {
     dgr::preprocess_gaussian(i, in, cam, 3, 2, out);
+    const dgr::SplatSource src{buf, buf + 2, buf + 6, buf + 9, buf + 10};
     dgr::Splat s;
-    s.mean = glm::vec2(buf[0], buf[1]);
-    s.conic_opacity = glm::vec4(buf[2], buf[3], buf[4], buf[5]);
+    dgr::SplatFeatures f;
+    dgr::load_splat(src, 0, s, f);
     float alpha = 0.f, G = 0.f;
     dgr::PixelAccumulator acc;
-    if (dgr::splat_alpha(s.conic_opacity, buf[6], buf[7], alpha, G)) acc.blend(alpha, buf + 8, buf[11]);
+    if (dgr::splat_alpha(s.conic_opacity, buf[6], buf[7], alpha, G)) acc.blend(alpha, f);
+    dgr::PixelUpstream up;
+    for (int k = 0; k < dgr::NUM_FEATURES; ++k) up.feature[k] = buf[12 + k];
+    up.alpha = buf[17];
     dgr::PixelBackward pb;
-    pb.init(acc.T, buf + 12, buf[15], buf + 16);
-    const dgr::SplatGrad g = pb.step(s, buf[6], buf[7], alpha, G, buf + 8, buf[11], 8.f, 8.f);
+    pb.init(acc.T, up, buf + 18);
+    const dgr::SplatGrad g = pb.step(s, buf[6], buf[7], alpha, G, f, 8.f, 8.f);
     dgr::preprocess_gaussian_backward(i, in, cam, 3, 2, g, grads);
     const glm::vec3 t = dgr::transform_point_4x3(glm::vec3(buf[0], buf[1], buf[2]), cam.viewmatrix);
-    res[i] = Out(acc.color[0] + acc.importance + g.opacity + (dgr::in_front_of_near_plane(t) ? 1.f : 0.f));
+    res[i] = Out(acc.final_color(0, buf) + acc.importance() + acc.invdepth() + g.opacity +
+                 dgr::antialias_opacity_scale(glm::vec3(buf[0], buf[1], buf[2])) + (dgr::in_front_of_near_plane(t) ? 1.f : 0.f));
 }
 
 __global__ void dgr_header_kernel(int P, dgr::GaussianInputs in, dgr::Camera cam, dgr::ProjectedGaussians out,
