@@ -1,0 +1,456 @@
+#!/usr/bin/env python
+"""Speed of the CPU backend on the scenes of spec/BENCHMARKS.md, and its ratio
+to the pure-PyTorch reference.
+
+    python benchmarks/bench.py                      # every scene, 5 repeats
+    python benchmarks/bench.py --scenes garden dense --repeats 7 --markdown
+
+For each scene it reports the median (and the range) of `--repeats` timed runs
+after one warm-up run of
+
+* forward:           `GaussianRasterizer(...)(**inputs)` with inputs that
+                     require grad, as in training;
+* forward+backward:  the forward, then `loss.backward()` with
+                     `loss = (color * Wc).sum() + (importance_map * Wi).sum()`
+                     (fixed random weights Wc, Wi: every pixel of both outputs
+                     sends a gradient back);
+
+and
+
+* peak memory: measured in a fresh Python process per scene and backend (in
+  the timing process, memory freed by earlier runs stays resident in the
+  allocators and would hide the growth). The child builds the scene, runs a
+  tiny render so that code pages and thread pools are loaded, reads its
+  resident set size (VmRSS), resets its peak (writing 5 to
+  /proc/self/clear_refs), runs one forward+backward and reads the peak
+  (VmHWM). The difference is what the rasterizer adds on top of the inputs:
+  outputs, forward state, gradients and temporaries, whether torch or the
+  C++ code allocated them. Where the peak cannot be reset, the growth of
+  `resource.getrusage(RUSAGE_SELF).ru_maxrss` is reported instead (marked
+  `*`).
+* Gaussian-pixel evaluations: the number of (Gaussian, pixel) pairs the
+  per-pixel loop of the forward is handed, i.e. the sum over all
+  (Gaussian, tile) entries of the number of image pixels in that tile,
+  computed from the returned radii and the projected means. It is an upper
+  bound on the splat evaluations the forward performs (a pixel stops early
+  when its transmittance runs out), it counts the backward's work not at
+  all, and it is the same number on any machine; `evals/s` divides it by the
+  forward time.
+
+The reference (`rasterize_reference`, O(P_visible x H x W) time and memory)
+is timed on a scene small enough for it (`garden-ref`: a fixed random subset
+of the garden Gaussians rendered at a quarter of the resolution) beside the
+CPU backend on the same scene, in the same process.
+
+Timing is not a test: on shared machines the numbers drift from run to run;
+ratios taken in one run are the figures to compare.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Callable, Dict, List, Optional
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from diff_gaussian_rasterization_ks import GaussianRasterizer, rasterize_reference  # noqa: E402
+from diff_gaussian_rasterization_ks.scenes import Scene, garden_scene, random_scene, requires_grad_  # noqa: E402
+
+DEFAULT_DATA = ROOT.parent / "shared" / "data" / "garden_sfm.npz"
+TILE = 16
+
+
+# ---------------------------------------------------------------------------
+# Scenes
+# ---------------------------------------------------------------------------
+
+
+def dense_scene(seed: int = 0) -> Scene:
+    """High depth complexity: 20,000 large, faint, overlapping Gaussians at 640 x 480.
+
+    `random_scene` with per-axis scales log-uniform in [0.05, 0.5] world units
+    (radii of tens to ~200 pixels), nothing behind the camera, 5% partly off
+    screen, and opacities re-drawn uniform in [0.02, 0.2], so that a pixel
+    blends hundreds of Gaussians before its transmittance runs out.
+    """
+    scene = random_scene(
+        20_000, 480, 640, seed=seed, scale_range=(0.05, 0.5), offscreen_fraction=0.05, behind_fraction=0.0
+    )
+    gen = torch.Generator().manual_seed(seed + 1)
+    P = scene.inputs["means3D"].shape[0]
+    scene.inputs["opacities"] = 0.02 + 0.18 * torch.rand(P, 1, generator=gen)
+    return scene
+
+
+def reference_scene(data: Path, subset: int = 2_000, seed: int = 0) -> Scene:
+    """`garden-ref`: `subset` Gaussians of `garden` (a fixed random choice among
+    those the garden camera sees) at 162 x 105 (a quarter of each side, same
+    field of view)."""
+    full = garden_scene(data)
+    with torch.no_grad():
+        radii = GaussianRasterizer(full.settings)(**full.inputs)[2]
+    visible = torch.nonzero(radii > 0).squeeze(1)
+    gen = torch.Generator().manual_seed(seed)
+    pick = visible[torch.randperm(visible.numel(), generator=gen)[:subset]].sort().values
+    inputs = {k: (v[pick].contiguous() if isinstance(v, torch.Tensor) else v) for k, v in full.inputs.items()}
+    s = full.settings
+    settings = s._replace(image_width=s.image_width // 4, image_height=s.image_height // 4)
+    return Scene(inputs, settings)
+
+
+SCENES = ("garden", "garden-x3", "garden-2x", "dense")
+
+
+def build_scene(name: str, args) -> Scene:
+    if name == "garden":
+        return garden_scene(args.data)
+    if name == "garden-x3":
+        return garden_scene(args.data, replicate=3)
+    if name == "garden-2x":
+        return garden_scene(args.data, resolution_scale=2)
+    if name == "dense":
+        return dense_scene()
+    if name == "garden-ref":
+        return reference_scene(args.data, subset=args.ref_subset)
+    raise ValueError(f"unknown scene {name!r}")
+
+
+# ---------------------------------------------------------------------------
+# Measurements
+# ---------------------------------------------------------------------------
+
+
+def _status_kib(field: str) -> Optional[int]:
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return None
+
+
+def _reset_peak() -> bool:
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def peak_memory_mib(fn: Callable[[], None]) -> str:
+    """Growth of the peak resident set during fn() over the resident set before it."""
+    if _reset_peak() and _status_kib("VmRSS") is not None:
+        before = _status_kib("VmRSS")
+        fn()
+        return f"{(_status_kib('VmHWM') - before) / 1024:.1f}"
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
+    fn()
+    after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return f"{(after - before) / 1024:.1f}*"
+
+
+def _forward_backward_fn(backend: str, scene: Scene) -> Callable[[], None]:
+    inputs = requires_grad_(scene.inputs)
+    wc, wi = _loss_weights(scene)
+    if backend == "cpu":
+        rasterizer = GaussianRasterizer(scene.settings)
+
+        def render():
+            color, importance_map, _ = rasterizer(**inputs)
+            return color, importance_map
+    else:
+
+        def render():
+            out = rasterize_reference(**inputs, raster_settings=scene.settings)
+            return out.color, out.importance_map
+
+    def forward_backward():
+        for v in inputs.values():
+            if isinstance(v, torch.Tensor):
+                v.grad = None
+        color, importance_map = render()
+        ((color * wc).sum() + (importance_map * wi).sum()).backward()
+
+    return forward_backward
+
+
+def peak_child(scene_name: str, backend: str, args) -> None:
+    """Runs in a fresh process: prints the peak memory growth of one forward+backward."""
+    warm = random_scene(50, 32, 32, seed=1)
+    _forward_backward_fn(backend, warm)()
+    scene = build_scene(scene_name, args)
+    fn = _forward_backward_fn(backend, scene)
+    print("PEAK_MIB", peak_memory_mib(fn), flush=True)
+
+
+def measure_peak(scene_name: str, backend: str, args) -> str:
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--peak-child", scene_name, backend,
+           "--data", str(args.data), "--threads", str(args.threads), "--ref-subset", str(args.ref_subset)]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    for line in proc.stdout.splitlines():
+        if line.startswith("PEAK_MIB "):
+            return line.split(" ", 1)[1]
+    sys.stderr.write(proc.stderr)
+    return "n/a"
+
+
+def timed(fns: Dict[str, Callable[[], None]], repeats: int) -> Dict[str, List[float]]:
+    """Milliseconds of each function, `repeats` times after one warm-up each.
+
+    The functions take turns (a, b, a, b, ...) so that a slow phase of a
+    shared machine hits all of them alike, which keeps their ratios sound."""
+    for fn in fns.values():
+        fn()  # warm-up
+    times: Dict[str, List[float]] = {key: [] for key in fns}
+    for _ in range(repeats):
+        for key, fn in fns.items():
+            t0 = time.perf_counter()
+            fn()
+            times[key].append((time.perf_counter() - t0) * 1e3)
+    return times
+
+
+def binned_pairs(scene: Scene, radii: torch.Tensor) -> int:
+    """Sum over (Gaussian, tile) entries of the image pixels in the tile:
+    the (Gaussian, pixel) pairs the per-pixel loop is handed."""
+    s = scene.settings
+    H, W = s.image_height, s.image_width
+    gx, gy = (W + TILE - 1) // TILE, (H + TILE - 1) // TILE
+    vis = radii > 0
+    m = scene.inputs["means3D"][vis]
+    r = radii[vis].float()
+    p_hom = torch.cat([m, torch.ones_like(m[:, :1])], 1) @ s.projmatrix
+    p_w = 1.0 / (p_hom[:, 3] + 1e-7)
+    px = ((p_hom[:, 0] * p_w + 1.0) * W - 1.0) * 0.5
+    py = ((p_hom[:, 1] * p_w + 1.0) * H - 1.0) * 0.5
+    x0 = ((px - r) / TILE).clamp(0, gx).long()
+    x1 = ((px + r + TILE - 1) / TILE).clamp(0, gx).long()
+    y0 = ((py - r) / TILE).clamp(0, gy).long()
+    y1 = ((py + r + TILE - 1) / TILE).clamp(0, gy).long()
+    width = (x1 * TILE).clamp(max=W) - x0 * TILE
+    height = (y1 * TILE).clamp(max=H) - y0 * TILE
+    ok = (x1 > x0) & (y1 > y0)
+    return int((width * height)[ok].sum())
+
+
+def _loss_weights(scene: Scene):
+    s = scene.settings
+    gen = torch.Generator().manual_seed(123)
+    wc = torch.rand(3, s.image_height, s.image_width, generator=gen)
+    wi = torch.rand(s.image_height, s.image_width, generator=gen)
+    return wc, wi
+
+
+def _forward_fn(backend: str, scene: Scene) -> Callable[[], tuple]:
+    inputs = requires_grad_(scene.inputs)
+    if backend == "cpu":
+        rasterizer = GaussianRasterizer(scene.settings)
+        return lambda: rasterizer(**inputs)
+    return lambda: rasterize_reference(**inputs, raster_settings=scene.settings)
+
+
+def bench(name: str, scene: Scene, backends: List[str], args) -> List[dict]:
+    """Times each of `backends` ("cpu", "reference") on `scene`, interleaved."""
+    fns = {}
+    for b in backends:
+        fns[(b, "fwd")] = _forward_fn(b, scene)
+        fns[(b, "fwdbwd")] = _forward_backward_fn(b, scene)
+    times = timed(fns, args.repeats)
+    rows = []
+    s = scene.settings
+    for b in backends:
+        with torch.no_grad():
+            radii = fns[(b, "fwd")]()[2]
+        rows.append(
+            dict(
+                scene=name,
+                backend=b,
+                gaussians=scene.inputs["means3D"].shape[0],
+                visible=int((radii > 0).sum()),
+                image=f"{s.image_width}x{s.image_height}",
+                pairs=binned_pairs(scene, radii),
+                fwd=times[(b, "fwd")],
+                fwdbwd=times[(b, "fwdbwd")],
+                peak=measure_peak(name, b, args),
+            )
+        )
+    return rows
+
+
+def agreement(scene: Scene) -> float:
+    """Largest |difference| between the CPU backend's and the reference's image
+    and importance map on `scene` (a sanity check that both render the same)."""
+    with torch.no_grad():
+        c, i, _ = GaussianRasterizer(scene.settings)(**scene.inputs)
+        ref = rasterize_reference(**scene.inputs, raster_settings=scene.settings)
+    return max(float((c - ref.color).abs().max()), float((i - ref.importance_map).abs().max()))
+
+
+# ---------------------------------------------------------------------------
+# Reporting
+# ---------------------------------------------------------------------------
+
+
+def machine_info() -> Dict[str, str]:
+    model = platform.processor() or platform.machine()
+    try:
+        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
+        for line in out.splitlines():
+            if line.startswith("Model name:"):
+                model = line.split(":", 1)[1].strip()
+    except (OSError, subprocess.CalledProcessError):
+        pass
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT, capture_output=True, text=True
+        ).stdout.strip()
+        if dirty:
+            commit += " (with uncommitted changes)"
+    except (OSError, subprocess.CalledProcessError):
+        commit = "unknown"
+    return dict(
+        date=datetime.datetime.now().strftime("%Y-%m-%d %H:%M"),
+        cpu=model,
+        cores=str(os.cpu_count()),
+        threads=str(torch.get_num_threads()),
+        torch=torch.__version__,
+        python=platform.python_version(),
+        commit=commit,
+    )
+
+
+def _loadavg() -> str:
+    try:
+        return ", ".join(f"{x:.2f}" for x in os.getloadavg())
+    except OSError:
+        return "n/a"
+
+
+def _ms(times: List[float]) -> str:
+    return f"{statistics.median(times):.1f} ({min(times):.0f}-{max(times):.0f})"
+
+
+def _rate(pairs: int, times: List[float]) -> str:
+    return f"{pairs / (statistics.median(times) / 1e3) / 1e9:.3g}"
+
+
+def print_plain(rows: List[dict], ratio: Optional[dict], file=sys.stdout) -> None:
+    for r in rows:
+        print(
+            f"{r['scene']:10s} {r['backend']:9s} P={r['gaussians']:>9,d} visible={r['visible']:>8,d} "
+            f"{r['image']:>9s} evals={r['pairs'] / 1e6:8.1f}M  fwd {_ms(r['fwd'])} ms  "
+            f"fwd+bwd {_ms(r['fwdbwd'])} ms  peak +{r['peak']} MiB  {_rate(r['pairs'], r['fwd'])} G evals/s",
+            file=file,
+            flush=True,
+        )
+    if ratio:
+        print(
+            f"reference / CPU backend on {ratio['scene']}: forward {ratio['fwd']:.0f}x, "
+            f"forward+backward {ratio['fwdbwd']:.0f}x (max |difference| of outputs {ratio['diff']:.1e})",
+            file=file,
+            flush=True,
+        )
+
+
+def print_markdown(rows: List[dict], ratio: Optional[dict]) -> None:
+    print(
+        "| scene | backend | Gaussians | visible | image | evaluations (M) | forward ms | "
+        "forward+backward ms | peak MiB | G evals/s (fwd) |"
+    )
+    print("|---|---|---:|---:|---|---:|---:|---:|---:|---:|")
+    for r in rows:
+        print(
+            f"| {r['scene']} | {r['backend']} | {r['gaussians']:,d} | {r['visible']:,d} | {r['image']} | "
+            f"{r['pairs'] / 1e6:.1f} | {_ms(r['fwd'])} | {_ms(r['fwdbwd'])} | {r['peak']} | "
+            f"{_rate(r['pairs'], r['fwd'])} |"
+        )
+    if ratio:
+        print()
+        print(
+            f"Reference / CPU backend on `{ratio['scene']}`, same process: forward **{ratio['fwd']:.0f}x**, "
+            f"forward+backward **{ratio['fwdbwd']:.0f}x** slower (max |difference| of image and importance "
+            f"map {ratio['diff']:.1e})."
+        )
+
+
+def main(argv: Optional[List[str]] = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument(
+        "--scenes",
+        nargs="+",
+        default=list(SCENES),
+        choices=SCENES,
+        help="scenes to time with the CPU backend (default: all four)",
+    )
+    parser.add_argument("--repeats", type=int, default=5, help="timed runs per figure after one warm-up; the median is reported (default 5)")
+    parser.add_argument("--markdown", action="store_true", help="print the results as a Markdown table (as in benchmarks/RESULTS.md)")
+    parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help=f"path of garden_sfm.npz (default {DEFAULT_DATA})")
+    parser.add_argument("--threads", type=int, default=os.cpu_count(), help="torch.set_num_threads (default: os.cpu_count())")
+    parser.add_argument("--no-reference", action="store_true", help="skip the comparison with the pure-PyTorch reference")
+    parser.add_argument(
+        "--ref-subset", type=int, default=2_000, help="Gaussians in the garden-ref scene used for the reference comparison"
+    )
+    parser.add_argument("--peak-child", nargs=2, metavar=("SCENE", "BACKEND"), help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.peak_child:
+        torch.set_num_threads(args.threads)
+        peak_child(args.peak_child[0], args.peak_child[1], args)
+        return
+    if args.repeats < 1:
+        parser.error("--repeats must be >= 1")
+    if not args.data.is_file():
+        parser.error(f"--data: {args.data} not found (garden_sfm.npz lives in <repo>/../shared/data/)")
+
+    torch.set_num_threads(args.threads)
+    info = machine_info()
+    print(
+        f"# {info['date']}  CPU: {info['cpu']} ({info['cores']} cores, {info['threads']} torch threads)  "
+        f"torch {info['torch']}  python {info['python']}  commit {info['commit']}  "
+        f"load average {_loadavg()}",
+        flush=True,
+    )
+
+    rows = []
+    for name in args.scenes:
+        scene = build_scene(name, args)
+        rows += bench(name, scene, ["cpu"], args)
+        del scene
+        print_plain(rows[-1:], None, file=sys.stderr if args.markdown else sys.stdout)
+
+    ratio = None
+    if not args.no_reference:
+        scene = build_scene("garden-ref", args)
+        cpu, ref = bench("garden-ref", scene, ["cpu", "reference"], args)
+        rows += [cpu, ref]
+        ratio = dict(
+            scene="garden-ref",
+            fwd=statistics.median(ref["fwd"]) / statistics.median(cpu["fwd"]),
+            fwdbwd=statistics.median(ref["fwdbwd"]) / statistics.median(cpu["fwdbwd"]),
+            diff=agreement(scene),
+        )
+        print_plain([cpu, ref], ratio, file=sys.stderr if args.markdown else sys.stdout)
+
+    if args.markdown:
+        print_markdown(rows, ratio)
+    print(f"\n(load average at the end: {_loadavg()}: 1, 5, 15 minutes; more than 0 means other work shared the cores)")
+
+
+if __name__ == "__main__":
+    main()
