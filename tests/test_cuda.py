@@ -219,7 +219,7 @@ def assert_grads(prefix, actual, expected, names=None):
 
 
 @needs_kernels
-@pytest.mark.parametrize("make_scene", all_scenes())
+@pytest.mark.parametrize("make_scene", list(all_scenes()))
 def test_forward_matches_cpu_and_oracle(make_scene):
     scene = make_scene()
     color, importance, radii, _ = run_backend(scene, DEV)
@@ -239,7 +239,7 @@ def test_forward_matches_cpu_and_oracle(make_scene):
 
 
 @needs_kernels
-@pytest.mark.parametrize("make_scene", all_scenes())
+@pytest.mark.parametrize("make_scene", list(all_scenes()))
 def test_forward_state_matches_cpu(make_scene):
     """The 16 outputs have the CPU's order, shapes and dtypes (the Python
     autograd code is backend-agnostic), and the same values; slot_entries is
@@ -279,7 +279,7 @@ def test_forward_state_matches_cpu(make_scene):
 
 
 @needs_kernels
-@pytest.mark.parametrize("make_scene", all_scenes())
+@pytest.mark.parametrize("make_scene", list(all_scenes()))
 def test_gradients_match_cpu_and_oracle(make_scene):
     scene = make_scene()
     up = upstream(scene.settings)

@@ -42,7 +42,7 @@ def render_both(scene):
     return (color, importance, radii), ref
 
 
-@pytest.mark.parametrize("make_scene", all_scenes())
+@pytest.mark.parametrize("make_scene", list(all_scenes()))
 def test_forward_matches_oracle(make_scene):
     scene = make_scene()
     (color, importance, radii), ref = render_both(scene)

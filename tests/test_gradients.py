@@ -43,7 +43,7 @@ def backend_and_oracle_grads(scene, seed=0):
     return ours, oracle
 
 
-@pytest.mark.parametrize("make_scene", all_scenes())
+@pytest.mark.parametrize("make_scene", list(all_scenes()))
 def test_gradients_match_oracle(make_scene):
     scene = make_scene()
     ours, oracle = backend_and_oracle_grads(scene)

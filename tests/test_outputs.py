@@ -26,7 +26,7 @@ def scenes():
         yield pytest.param(lambda aa=antialiasing: with_antialiasing(opaque_scene(), aa), id=f"opaque-aa{int(antialiasing)}")
 
 
-@pytest.mark.parametrize("make_scene", scenes())
+@pytest.mark.parametrize("make_scene", list(scenes()))
 def test_all_four_maps_and_their_gradients_match_the_oracle(make_scene):
     scene = make_scene()
     H, W = scene.settings.image_height, scene.settings.image_width
