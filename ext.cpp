@@ -22,7 +22,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
           arg("means3D"), arg("colors_precomp"), arg("opacities"), arg("importances"), arg("scales"),
           arg("rotations"), arg("scale_modifier"), arg("cov3D_precomp"), arg("viewmatrix"), arg("projmatrix"),
           arg("tan_fovx"), arg("tan_fovy"), arg("image_height"), arg("image_width"), arg("shs"), arg("sh_degree"),
-          arg("campos"), arg("antialiasing"), arg("debug") = false);
+          arg("campos"), arg("antialiasing"), arg("compute_stats"), arg("pixel_weights"), arg("debug") = false);
     m.def("rasterize_backward_cuda", &rasterize_backward_cuda, "Backward pass of the CUDA backend",
           arg("background"), arg("means3D"), arg("colors_precomp"), arg("opacities"), arg("importances"),
           arg("scales"), arg("rotations"), arg("scale_modifier"), arg("cov3D_precomp"), arg("viewmatrix"),

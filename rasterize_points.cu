@@ -158,7 +158,8 @@ std::vector<torch::Tensor> rasterize_forward_cuda(
     const torch::Tensor& rotations, double scale_modifier, const torch::Tensor& cov3D_precomp,
     const torch::Tensor& viewmatrix, const torch::Tensor& projmatrix, double tan_fovx, double tan_fovy,
     int64_t image_height, int64_t image_width, const torch::Tensor& shs, int64_t sh_degree,
-    const torch::Tensor& campos, bool antialiasing, bool debug) {
+    const torch::Tensor& campos, bool antialiasing, bool compute_stats, const torch::Tensor& pixel_weights,
+    bool debug) {
     const Checker check{"rasterize_forward_cuda", means3D.device()};
     const Gaussians gs = check_gaussians(check, means3D, colors_precomp, opacities, importances, scales, rotations,
                                          cov3D_precomp, shs, sh_degree, scale_modifier, antialiasing);
@@ -228,7 +229,7 @@ std::vector<torch::Tensor> rasterize_forward_cuda(
     torch::Tensor out_invdepth = torch::empty({1, H, W}, f32);
     torch::Tensor final_T = torch::empty({H, W}, f32);
     torch::Tensor n_contrib = torch::empty({H, W}, i32);
-    dc::RenderArgs args;
+    dc::RenderArgs args = {};
     args.tile_ranges = tile_ranges.data_ptr<int64_t>();
     args.point_list = point_list.data_ptr<int32_t>();
     args.splats = dgr::SplatSource{means2D.data_ptr<float>(), conic_opacity.data_ptr<float>(), colors.data_ptr<float>(),
@@ -236,6 +237,15 @@ std::vector<torch::Tensor> rasterize_forward_cuda(
     args.background = background.data_ptr<float>();
     args.width = int(W);
     args.height = int(H);
+    const int64_t stats_P = compute_stats ? P : 0;
+    torch::Tensor accum_weight = torch::zeros({stats_P}, f32), max_weight = torch::zeros({stats_P}, f32);
+    torch::Tensor hit_count = torch::zeros({stats_P}, i32), top_count = torch::zeros({stats_P}, i32);
+    if (compute_stats && pixel_weights.numel() > 0) check.tensor("pixel_weights", pixel_weights, torch::kFloat32, H * W);
+    args.accum_weight = compute_stats ? accum_weight.data_ptr<float>() : nullptr;
+    args.hit_count = compute_stats ? hit_count.data_ptr<int32_t>() : nullptr;
+    args.max_weight = compute_stats ? max_weight.data_ptr<float>() : nullptr;
+    args.top_count = compute_stats ? top_count.data_ptr<int32_t>() : nullptr;
+    args.pixel_weights = compute_stats ? ptr_or_null<float>(pixel_weights) : nullptr;
     launch(dc::render(args, grid, out_color.data_ptr<float>(), out_importance.data_ptr<float>(),
                       out_invdepth.data_ptr<float>(), final_T.data_ptr<float>(), n_contrib.data_ptr<int32_t>(),
                       stream),
@@ -263,6 +273,7 @@ std::vector<torch::Tensor> rasterize_forward_cuda(
     result[S + S_SLOT_ENTRIES] = slot_entries;
     result[S + S_FINAL_T] = final_T;
     result[S + S_N_CONTRIB] = n_contrib;
+    for (const torch::Tensor& t : {accum_weight, hit_count, max_weight, top_count}) result.push_back(t);
     return result;
 }
 
@@ -309,7 +320,7 @@ std::vector<torch::Tensor> rasterize_backward_cuda(
     // Pass 1, per tile: per-Gaussian sums of the screen-space SplatGrads.
     torch::Tensor splat_grads = torch::zeros({P, int64_t(dgr::SPLAT_GRAD_FLOATS)}, f32);
     if (num_entries > 0) {
-        dc::RenderBackwardArgs args;
+        dc::RenderBackwardArgs args = {};  // statistics pointers stay null
         args.forward.tile_ranges = state[S_TILE_RANGES].data_ptr<int64_t>();
         args.forward.point_list = state[S_POINT_LIST].data_ptr<int32_t>();
         args.forward.splats = dgr::SplatSource{state[S_MEANS2D].data_ptr<float>(), state[S_CONIC_OPACITY].data_ptr<float>(),

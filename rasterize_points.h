@@ -44,14 +44,17 @@ inline dgr::GaussianInputs gaussian_inputs(const torch::Tensor& means3D, const t
 // cpu/rasterize_points_cpu.cpp): means2D [P,2], depths [P],
 // conic_opacity [P,4], colors [P,3], tiles_touched [P] int32,
 // gaussian_offsets [P+1] int64, tile_ranges [tiles+1] int64, point_list [E]
-// int32, slot_entries [E] int64, final_T [H,W], n_contrib [H,W] int32.
+// int32, slot_entries [E] int64, final_T [H,W], n_contrib [H,W] int32; last,
+// the per-Gaussian statistics accum_weight [P], hit_count [P] int32,
+// max_weight [P], top_count [P] int32 (empty unless compute_stats;
+// pixel_weights [H,W] or empty weighs accum_weight).
 std::vector<torch::Tensor> rasterize_forward_cpu(
     const torch::Tensor& background, const torch::Tensor& means3D, const torch::Tensor& colors_precomp,
     const torch::Tensor& opacities, const torch::Tensor& importances, const torch::Tensor& scales,
     const torch::Tensor& rotations, double scale_modifier, const torch::Tensor& cov3D_precomp,
     const torch::Tensor& viewmatrix, const torch::Tensor& projmatrix, double tan_fovx, double tan_fovy,
     int64_t image_height, int64_t image_width, const torch::Tensor& shs, int64_t sh_degree,
-    const torch::Tensor& campos, bool antialiasing);
+    const torch::Tensor& campos, bool antialiasing, bool compute_stats, const torch::Tensor& pixel_weights);
 
 // Backward. `state` is the forward's outputs from index 5 on, unchanged; the
 // upstream gradients are of color, importance_map, invdepth and alpha. Returns
@@ -84,7 +87,8 @@ std::vector<torch::Tensor> rasterize_forward_cuda(
     const torch::Tensor& rotations, double scale_modifier, const torch::Tensor& cov3D_precomp,
     const torch::Tensor& viewmatrix, const torch::Tensor& projmatrix, double tan_fovx, double tan_fovy,
     int64_t image_height, int64_t image_width, const torch::Tensor& shs, int64_t sh_degree,
-    const torch::Tensor& campos, bool antialiasing, bool debug);
+    const torch::Tensor& campos, bool antialiasing, bool compute_stats, const torch::Tensor& pixel_weights,
+    bool debug);
 
 std::vector<torch::Tensor> rasterize_backward_cuda(
     const torch::Tensor& background, const torch::Tensor& means3D, const torch::Tensor& colors_precomp,

@@ -12,6 +12,7 @@
 #include <atomic>
 #include <cstring>
 #include <numeric>
+#include <type_traits>
 
 #include "../cuda_rasterizer/preprocess.h"
 #include "../rasterize_points.h"
@@ -167,7 +168,7 @@ std::vector<torch::Tensor> rasterize_forward_cpu(
     const torch::Tensor& rotations, double scale_modifier, const torch::Tensor& cov3D_precomp,
     const torch::Tensor& viewmatrix, const torch::Tensor& projmatrix, double tan_fovx, double tan_fovy,
     int64_t image_height, int64_t image_width, const torch::Tensor& shs, int64_t sh_degree,
-    const torch::Tensor& campos, bool antialiasing) {
+    const torch::Tensor& campos, bool antialiasing, bool compute_stats, const torch::Tensor& pixel_weights) {
     const int64_t P = means3D.size(0);
     const int64_t H = image_height, W = image_width;
     const dgr::Camera cam = make_camera(viewmatrix, projmatrix, campos, tan_fovx, tan_fovy, H, W);
@@ -211,27 +212,49 @@ std::vector<torch::Tensor> rasterize_forward_cpu(
     const dgr::SplatSource src{means2D.data_ptr<float>(), conic_opacity.data_ptr<float>(), colors.data_ptr<float>(),
                                importances.data_ptr<float>(), depths.data_ptr<float>()};
 
-    parallel_for_dynamic(grid.num_tiles(), [&](int64_t tile) {
-        TileSplats ts;
-        ts.load(src, points, ranges[tile], ranges[tile + 1]);
-        const int64_t n = ranges[tile + 1] - ranges[tile];
-        for_each_pixel(tile, grid, H, W, [&](float x, float y, int64_t pix) {
-            dgr::PixelAccumulator acc;
-            int last = 0;
-            for (int64_t j = 0; j < n; ++j) {
-                const dgr::Splat& s = ts.splats[j];
-                float alpha, G;
-                if (!dgr::splat_alpha(s.conic_opacity, s.mean.x - x, s.mean.y - y, alpha, G)) continue;
-                if (!acc.blend(alpha, ts.features[j])) break;
-                last = int(j + 1);
-            }
-            for (int ch = 0; ch < 3; ++ch) color_px[ch * H * W + pix] = acc.final_color(ch, bg);
-            importance_px[pix] = acc.importance();
-            invdepth_px[pix] = acc.invdepth();
-            final_T_px[pix] = acc.T;
-            n_contrib_px[pix] = last;
+    // Statistics go per (Gaussian, tile) entry, owned by one tile: race free.
+    const int64_t num_entries = bins.point_list.size(0);
+    std::vector<dgr::SplatStats> entry_stats(compute_stats ? num_entries : 0, dgr::SplatStats{0.f, 0.f, 0, 0});
+    const float* pixel_weight = compute_stats ? ptr_or_null<float>(pixel_weights) : nullptr;
+
+    // stats_flag is std::true_type or std::false_type: without statistics the
+    // pixel loop carries no trace of them.
+    auto render = [&](auto stats_flag) {
+        constexpr bool kStats = decltype(stats_flag)::value;
+        parallel_for_dynamic(grid.num_tiles(), [&](int64_t tile) {
+            TileSplats ts;
+            ts.load(src, points, ranges[tile], ranges[tile + 1]);
+            const int64_t n = ranges[tile + 1] - ranges[tile];
+            dgr::SplatStats* stats = kStats ? entry_stats.data() + ranges[tile] : nullptr;
+            for_each_pixel(tile, grid, H, W, [&](float x, float y, int64_t pix) {
+                dgr::PixelAccumulator acc;
+                dgr::PixelTopContributor top;
+                const float pw = kStats && pixel_weight != nullptr ? pixel_weight[pix] : 1.0f;
+                int last = 0;
+                for (int64_t j = 0; j < n; ++j) {
+                    const dgr::Splat& s = ts.splats[j];
+                    float alpha, G;
+                    if (!dgr::splat_alpha(s.conic_opacity, s.mean.x - x, s.mean.y - y, alpha, G)) continue;
+                    if (!acc.blend(alpha, ts.features[j])) break;
+                    last = int(j + 1);
+                    if (kStats) {
+                        dgr::add_pixel_to_stats(stats[j], acc.last_weight, pw);
+                        top.offer(acc.last_weight, j);
+                    }
+                }
+                if (kStats && top.id >= 0) stats[top.id].top_count += 1;
+                for (int ch = 0; ch < 3; ++ch) color_px[ch * H * W + pix] = acc.final_color(ch, bg);
+                importance_px[pix] = acc.importance();
+                invdepth_px[pix] = acc.invdepth();
+                final_T_px[pix] = acc.T;
+                n_contrib_px[pix] = last;
+            });
         });
-    });
+    };
+    if (compute_stats)
+        render(std::true_type{});
+    else
+        render(std::false_type{});
 
     const ForwardState st{means2D,          depths,          conic_opacity,   colors,  tiles_touched,
                           bins.gaussian_offsets, bins.tile_ranges, bins.point_list, bins.slot_entries, final_T,
@@ -239,6 +262,30 @@ std::vector<torch::Tensor> rasterize_forward_cpu(
     torch::Tensor out_alpha = (1.0f - final_T).unsqueeze(0);
     std::vector<torch::Tensor> result = {out_color, out_importance, radii, out_invdepth, out_alpha};
     for (const torch::Tensor& t : st.to_vector()) result.push_back(t);
+
+    // Per-Gaussian statistics: its entries in slot order (deterministic).
+    const int64_t stats_P = compute_stats ? P : 0;
+    torch::Tensor accum_weight = torch::zeros({stats_P}, f32), max_weight = torch::zeros({stats_P}, f32);
+    torch::Tensor hit_count = torch::zeros({stats_P}, i32), top_count = torch::zeros({stats_P}, i32);
+    if (compute_stats) {
+        const int64_t* offsets = bins.gaussian_offsets.data_ptr<int64_t>();
+        const int64_t* slots = bins.slot_entries.data_ptr<int64_t>();
+        float* accum = accum_weight.data_ptr<float>();
+        float* maxw = max_weight.data_ptr<float>();
+        int* hits = hit_count.data_ptr<int>();
+        int* tops = top_count.data_ptr<int>();
+        at::parallel_for(0, P, 1024, [&](int64_t begin, int64_t end) {
+            for (int64_t i = begin; i < end; ++i)
+                for (int64_t k = offsets[i]; k < offsets[i + 1]; ++k) {
+                    const dgr::SplatStats& e = entry_stats[slots[k]];
+                    accum[i] += e.accum_weight;
+                    maxw[i] = std::max(maxw[i], e.max_weight);
+                    hits[i] += e.hit_count;
+                    tops[i] += e.top_count;
+                }
+        });
+    }
+    for (const torch::Tensor& t : {accum_weight, hit_count, max_weight, top_count}) result.push_back(t);
     return result;
 }
 

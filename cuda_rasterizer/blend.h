@@ -58,6 +58,7 @@ RASTER_HD bool splat_alpha(const glm::vec4& co, float dx, float dy, float& alpha
 struct PixelAccumulator {
     float T = 1.0f;
     float feature[NUM_FEATURES] = {};
+    float last_weight = 0.0f;  // alpha T of the splat blended last
 
     // Returns false (and blends nothing) when this splat would drop T below
     // the floor: the pixel is finished.
@@ -66,6 +67,7 @@ struct PixelAccumulator {
         if (test_T < TRANSMITTANCE_MIN) return false;
         const float w = alpha * T;
         for (int k = 0; k < NUM_FEATURES; ++k) feature[k] += f.v[k] * w;
+        last_weight = w;
         T = test_T;
         return true;
     }
@@ -75,6 +77,36 @@ struct PixelAccumulator {
     RASTER_HD float importance() const { return feature[FEATURE_IMPORTANCE]; }
     RASTER_HD float invdepth() const { return feature[FEATURE_INVDEPTH]; }
     RASTER_HD float alpha() const { return 1.0f - T; }
+};
+
+// Per-Gaussian statistics for pruning (ALGORITHM.md): over the pixels where
+// a Gaussian was blended, the sum of (pixel weight x alpha T), the count,
+// the largest alpha T, and how often it was the pixel's top contributor.
+struct SplatStats {
+    float accum_weight;
+    float max_weight;
+    int32_t hit_count;
+    int32_t top_count;
+};
+
+// What one pixel adds to a blended splat's statistics (its top_count is
+// added once per pixel, through PixelTopContributor).
+RASTER_HD void add_pixel_to_stats(SplatStats& s, float weight, float pixel_weight) {
+    s.accum_weight += pixel_weight * weight;
+    s.max_weight = fmaxf(s.max_weight, weight);
+    s.hit_count += 1;
+}
+
+// The splat with the largest alpha T at a pixel; the front-most one on ties.
+struct PixelTopContributor {
+    float weight = -1.0f;
+    int64_t id = -1;  // whatever the driver uses to name the splat
+    RASTER_HD void offer(float w, int64_t splat_id) {
+        if (w > weight) {
+            weight = w;
+            id = splat_id;
+        }
+    }
 };
 
 // Gradient of the loss with respect to one splat's screen-space parameters,

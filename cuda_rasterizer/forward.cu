@@ -31,7 +31,12 @@ __global__ void __launch_bounds__(BLOCK_SIZE)
 
     __shared__ Splat s_splat[BLOCK_SIZE];
     __shared__ SplatFeatures s_features[BLOCK_SIZE];
+    __shared__ int s_gaussian[BLOCK_SIZE];
 
+    const bool stats = a.accum_weight != nullptr;
+    const int64_t pix = int64_t(y) * a.width + x;
+    const float pixel_weight = stats && inside && a.pixel_weights != nullptr ? a.pixel_weights[pix] : 1.0f;
+    PixelTopContributor top;
     PixelAccumulator acc;
     bool done = !inside;
     int64_t last = 0;  // tile-list position + 1 of the last blended splat
@@ -40,7 +45,10 @@ __global__ void __launch_bounds__(BLOCK_SIZE)
         // Also the barrier that protects the shared arrays of the last batch.
         if (__syncthreads_count(done) == BLOCK_SIZE) break;
         const int64_t fetch = batch + rank;
-        if (fetch < count) load_splat(a.splats, a.point_list[begin + fetch], s_splat[rank], s_features[rank]);
+        if (fetch < count) {
+            s_gaussian[rank] = a.point_list[begin + fetch];
+            load_splat(a.splats, s_gaussian[rank], s_splat[rank], s_features[rank]);
+        }
         __syncthreads();
         const int n = int(min(int64_t(BLOCK_SIZE), count - batch));
         for (int j = 0; !done && j < n; ++j) {
@@ -52,12 +60,20 @@ __global__ void __launch_bounds__(BLOCK_SIZE)
                 break;
             }
             last = batch + j + 1;
+            if (stats) {  // the atomic form of add_pixel_to_stats (blend.h)
+                const int g = s_gaussian[j];
+                atomicAdd(&a.accum_weight[g], pixel_weight * acc.last_weight);
+                atomicAdd(&a.hit_count[g], 1);
+                // non-negative floats order like their bit patterns
+                atomicMax(reinterpret_cast<int*>(&a.max_weight[g]), __float_as_int(acc.last_weight));
+                top.offer(acc.last_weight, g);
+            }
         }
     }
 
     if (!inside) return;
+    if (stats && top.id >= 0) atomicAdd(&a.top_count[top.id], 1);
     const int64_t HW = int64_t(a.height) * a.width;
-    const int64_t pix = int64_t(y) * a.width + x;
     for (int ch = 0; ch < NUM_CHANNELS; ++ch) out_color[ch * HW + pix] = acc.final_color(ch, a.background);
     out_importance[pix] = acc.importance();
     out_invdepth[pix] = acc.invdepth();

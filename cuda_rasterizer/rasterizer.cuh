@@ -83,6 +83,13 @@ struct RenderArgs {
     const float* background;      // [3]
     int width;
     int height;
+    // Per-Gaussian statistics, updated atomically (all null: not computed).
+    // Zero-initialised by the caller; pixel_weights [H,W] may be null (1).
+    float* accum_weight;          // [P]
+    int32_t* hit_count;           // [P]
+    float* max_weight;            // [P]
+    int32_t* top_count;           // [P]
+    const float* pixel_weights;   // [H,W]
 };
 cudaError_t render(const RenderArgs& args, Grid grid, float* out_color, float* out_importance, float* out_invdepth,
                    float* final_T, int32_t* n_contrib, cudaStream_t stream);

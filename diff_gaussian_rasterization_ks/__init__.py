@@ -8,7 +8,7 @@ CPU tensors run the compiled CPU backend, CUDA tensors the CUDA backend;
 algorithm (the test oracle, and the fallback where no kernel is compiled).
 """
 from .settings import GaussianRasterizationSettings
-from .rasterizer import GaussianRasterizer, RenderOutput, rasterize_gaussians
+from .rasterizer import GaussianRasterizer, GaussianStats, RenderOutput, rasterize_gaussians
 from .reference import ReferenceOutput, rasterize_reference
 from . import camera
 
@@ -16,6 +16,7 @@ __all__ = [
     "GaussianRasterizationSettings",
     "GaussianRasterizer",
     "RenderOutput",
+    "GaussianStats",
     "rasterize_gaussians",
     "rasterize_reference",
     "ReferenceOutput",

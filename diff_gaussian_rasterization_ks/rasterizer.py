@@ -12,6 +12,17 @@ from .settings import GaussianRasterizationSettings
 _EMPTY = torch.empty(0)
 
 
+class GaussianStats(NamedTuple):
+    """Per-Gaussian statistics of one render, for pruning (no gradient).
+
+    Over the pixels p where Gaussian i was blended with weight alpha_i T_i:"""
+
+    accum_weight: torch.Tensor  # [P] sum_p pixel_weight_p alpha_i T_i
+    hit_count: torch.Tensor     # [P] int32, number of such pixels
+    max_weight: torch.Tensor    # [P] max_p alpha_i T_i
+    top_count: torch.Tensor     # [P] int32, pixels where i had the largest alpha T
+
+
 class RenderOutput(NamedTuple):
     """Everything one rasterization produces (`GaussianRasterizer.render`).
 
@@ -24,6 +35,7 @@ class RenderOutput(NamedTuple):
     invdepth: torch.Tensor        # [1, H, W], sum_i (1 / z_i) alpha_i T_i (0 where empty)
     alpha: torch.Tensor           # [1, H, W], 1 - final transmittance
     n_contrib: torch.Tensor       # [H, W] int32, tile-list position + 1 of the last blended splat
+    stats: Optional[GaussianStats] = None  # render(stats=True) only
 
 
 def _or_empty(t: Optional[torch.Tensor], like: torch.Tensor) -> torch.Tensor:
@@ -49,7 +61,7 @@ class _RasterizeGaussians(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, means3D, means2D, shs, colors_precomp, opacities, importances, scales, rotations,
-                cov3D_precomp, settings, kernels):
+                cov3D_precomp, settings, kernels, compute_stats, pixel_weights):
         ctx.given = tuple(t is not None for t in (shs, colors_precomp, scales, rotations, cov3D_precomp))
         shs, colors_precomp, scales, rotations, cov3D_precomp = (
             _or_empty(t, means3D) for t in (shs, colors_precomp, scales, rotations, cov3D_precomp))
@@ -57,22 +69,22 @@ class _RasterizeGaussians(torch.autograd.Function):
         outputs = kernels.forward(
             bg, means3D, colors_precomp, opacities, importances, scales, rotations, float(settings.scale_modifier),
             cov3D_precomp, view, proj, float(settings.tanfovx), float(settings.tanfovy), settings.image_height,
-            settings.image_width, shs, settings.sh_degree, campos, bool(settings.antialiasing),
-            **_debug_kwargs(settings, means3D.device),
+            settings.image_width, shs, settings.sh_degree, campos, bool(settings.antialiasing), compute_stats,
+            _or_empty(pixel_weights, means3D), **_debug_kwargs(settings, means3D.device),
         )
         color, importance_map, radii, invdepth, alpha = outputs[:5]
-        state = outputs[5:]
+        state, stats = outputs[5:16], outputs[16:]
         ctx.settings = settings
         ctx.kernels = kernels
         ctx.means2D_columns = means2D.shape[1]
         ctx.save_for_backward(means3D, shs, colors_precomp, opacities, importances, scales, rotations,
                               cov3D_precomp, *state)
         n_contrib = state[-1]
-        ctx.mark_non_differentiable(radii, n_contrib)
-        return color, importance_map, radii, invdepth, alpha, n_contrib
+        ctx.mark_non_differentiable(radii, n_contrib, *stats)
+        return (color, importance_map, radii, invdepth, alpha, n_contrib, *stats)
 
     @staticmethod
-    def backward(ctx, grad_color, grad_importance_map, _grad_radii, grad_invdepth, grad_alpha, _grad_n_contrib):
+    def backward(ctx, grad_color, grad_importance_map, _grad_radii, grad_invdepth, grad_alpha, *_no_grad):
         (means3D, shs, colors_precomp, opacities, importances, scales, rotations, cov3D_precomp,
          *state) = ctx.saved_tensors
         s = ctx.settings
@@ -88,15 +100,22 @@ class _RasterizeGaussians(torch.autograd.Function):
         g_shs, g_colors, g_scales, g_rotations, g_cov3D = (
             g if given else None for g, given in zip((g_shs, g_colors, g_scales, g_rotations, g_cov3D), ctx.given))
         return (g_means3D, g_means2D[:, : ctx.means2D_columns], g_shs, g_colors, g_opacities, g_importances,
-                g_scales, g_rotations, g_cov3D, None, None)
+                g_scales, g_rotations, g_cov3D, None, None, None, None)
 
 
 def _render(means3D, means2D, sh, colors_precomp, opacities, scales, rotations, cov3Ds_precomp, raster_settings,
-            importances) -> RenderOutput:
+            importances, stats=False, pixel_weights=None) -> RenderOutput:
     """Validates, picks the backend for the device of means3D, and renders."""
     kernels = _backend.kernels_for(means3D.device) if isinstance(means3D, torch.Tensor) else None
+    dtype = torch.float32 if kernels is not None else None
     check_inputs(raster_settings, means3D, means2D, opacities, importances, sh, colors_precomp, scales, rotations,
-                 cov3Ds_precomp, dtype=torch.float32 if kernels is not None else None)
+                 cov3Ds_precomp, dtype=dtype)
+    if pixel_weights is not None:
+        if not stats:
+            raise ValueError("pixel_weights: only used by the statistics; pass stats=True with it")
+        check_tensor("pixel_weights", pixel_weights,
+                     [(raster_settings.image_height, raster_settings.image_width)], means3D.device,
+                     dtype or means3D.dtype)
     if kernels is None:
         _backend.warn_fallback(means3D.device)
         from .reference import rasterize_reference
@@ -105,14 +124,21 @@ def _render(means3D, means2D, sh, colors_precomp, opacities, scales, rotations, 
                                   cov3Ds_precomp, raster_settings=raster_settings)
         # the reference has no tile lists: n_contrib is left at -1 ("unknown")
         n_contrib = torch.full_like(ref.importance_map, -1, dtype=torch.int32)
-        return RenderOutput(ref.color, ref.importance_map, ref.radii, ref.invdepth, ref.alpha, n_contrib)
+        gaussian_stats = None
+        if stats:
+            from .reference import statistics_from_weights
+
+            gaussian_stats = GaussianStats(*statistics_from_weights(ref.weights.detach(), pixel_weights))
+        return RenderOutput(ref.color, ref.importance_map, ref.radii, ref.invdepth, ref.alpha, n_contrib,
+                            gaussian_stats)
     P = means3D.shape[0]
     if importances is None:
         importances = torch.ones(P, dtype=means3D.dtype, device=means3D.device)
-    return RenderOutput(*_RasterizeGaussians.apply(
+    outputs = _RasterizeGaussians.apply(
         means3D, means2D, sh, colors_precomp, opacities.reshape(P), importances.reshape(P), scales, rotations,
-        cov3Ds_precomp, raster_settings, kernels,
-    ))
+        cov3Ds_precomp, raster_settings, kernels, bool(stats), pixel_weights,
+    )
+    return RenderOutput(*outputs[:6], GaussianStats(*outputs[6:]) if stats else None)
 
 
 def rasterize_gaussians(
@@ -185,8 +211,15 @@ class GaussianRasterizer(nn.Module):
         rotations: Optional[torch.Tensor] = None,
         cov3D_precomp: Optional[torch.Tensor] = None,
         importances: Optional[torch.Tensor] = None,
+        *,
+        stats: bool = False,
+        pixel_weights: Optional[torch.Tensor] = None,
     ) -> RenderOutput:
         """Same arguments as `forward`; returns every output by name
-        (color, importance_map, radii, invdepth, alpha, n_contrib)."""
+        (color, importance_map, radii, invdepth, alpha, n_contrib, stats).
+
+        stats=True also computes the per-Gaussian statistics (GaussianStats)
+        during the forward pass; pixel_weights [H, W] weighs accum_weight
+        (for example a mask, or an error map as in Taming 3DGS)."""
         return _render(means3D, means2D, shs, colors_precomp, opacities, scales, rotations, cov3D_precomp,
-                       self.raster_settings, importances)
+                       self.raster_settings, importances, stats, pixel_weights)

@@ -490,3 +490,23 @@ def rasterize_reference(
     invdepth = torch.einsum("p,phw->hw", 1.0 / g.depth, weights_v)[None]
     weights = weights_v.new_zeros(P, H, W).index_copy(0, order, weights_v)
     return ReferenceOutput(color, importance_map, radii, final_T, weights, invdepth, (1.0 - final_T)[None])
+
+
+def statistics_from_weights(weights: Tensor, pixel_weights: Optional[Tensor] = None):
+    """Per-Gaussian statistics (ALGORITHM.md) from the blending weights
+    ``weights [P, H, W]`` (``ReferenceOutput.weights``): returns
+    ``(accum_weight, hit_count, max_weight, top_count)``. Ties for the top
+    contributor go to the lower index (the compiled backends pick the
+    front-most; ties have probability zero for real scenes)."""
+    w = weights.detach()
+    P = w.shape[0]
+    pw = torch.ones_like(w[0]) if pixel_weights is None else pixel_weights.to(w)
+    accum_weight = (w * pw).sum(dim=(1, 2))
+    hit_count = (w > 0).sum(dim=(1, 2)).to(torch.int32)
+    max_weight = w.amax(dim=(1, 2)) if P else w.new_zeros(0)
+    top_count = torch.zeros(P, dtype=torch.int32, device=w.device)
+    if P:
+        best = w.argmax(dim=0)
+        drawn = w.amax(dim=0) > 0
+        top_count.index_add_(0, best[drawn], torch.ones_like(best[drawn], dtype=torch.int32))
+    return accum_weight, hit_count, max_weight, top_count

@@ -158,7 +158,7 @@ def run_backend(scene, device, up=None, full=False):
     if up is not None:
         upstream_loss(out, up, device).backward()
     grads = {k: v.grad.detach().to(CPU) for k, v in inputs.items() if v is not None and v.grad is not None}
-    out = type(out)(*(t.detach().to(CPU) for t in out))
+    out = out._replace(**{k: v.detach().to(CPU) for k, v in out._asdict().items() if isinstance(v, torch.Tensor)})
     if full:
         return out, grads
     return out.color, out.importance_map, out.radii, grads
@@ -174,8 +174,9 @@ def run_oracle(scene, up=None):
 
 
 def raw_forward(scene, device, **kwargs):
-    """The compiled forward called directly, as rasterizer.py calls it: all 16
-    outputs (color, importance, radii, invdepth, alpha, then the forward state)."""
+    """The compiled forward called directly, as rasterizer.py calls it: all 20
+    outputs (color, importance, radii, invdepth, alpha, the forward state, then
+    the four statistics, empty unless compute_stats)."""
     kernels = _backend.kernels_for(device)
     s = settings_on(scene.settings, device)
     x = cast_inputs(scene.inputs, device=device)
@@ -188,7 +189,7 @@ def raw_forward(scene, device, **kwargs):
         f(s.bg), x["means3D"], opt("colors_precomp"), x["opacities"].reshape(P), importances, opt("scales"),
         opt("rotations"), float(s.scale_modifier), opt("cov3D_precomp"), f(s.viewmatrix), f(s.projmatrix),
         float(s.tanfovx), float(s.tanfovy), s.image_height, s.image_width, opt("shs"), s.sh_degree, f(s.campos),
-        bool(s.antialiasing), **kwargs,
+        bool(s.antialiasing), kwargs.pop("compute_stats", False), kwargs.pop("pixel_weights", empty), **kwargs,
     )
 
 
@@ -247,7 +248,8 @@ def test_forward_state_matches_cpu(make_scene):
     scene = make_scene()
     ours = [t.to(CPU) for t in raw_forward(scene, DEV)]
     cpu = raw_forward(scene, CPU)
-    assert len(ours) == len(cpu) == 16
+    assert len(ours) == len(cpu) == 20
+    ours, cpu = ours[:16], cpu[:16]
     names = ["color", "importance_map", "radii", "invdepth", "alpha", "means2D", "depths", "conic_opacity", "colors", "tiles_touched",
              "gaussian_offsets", "tile_ranges", "point_list", "slot_entries", "final_T", "n_contrib"]
     for name, a, b in zip(names, ours, cpu):
@@ -315,6 +317,29 @@ def test_invdepth_alpha_and_antialiasing_match_cpu_and_oracle(make_scene, antial
     names = [k for k, v in scene.inputs.items() if v is not None]
     assert_grads("cuda vs cpu", grads, c_grads, names)
     assert_grads("cuda vs oracle", grads, ref_grads, names)
+
+
+@needs_kernels
+@pytest.mark.parametrize("make_scene", [p for p in all_scenes() if p.id in ("sh3", "many_layers", "opaque_early_stop")])
+def test_statistics_match_cpu(make_scene):
+    """Atomic per-Gaussian statistics on the GPU against the CPU's (whose
+    brute-force check is tests/test_stats.py), with a pixel weight map."""
+    scene = make_scene()
+    H, W = scene.settings.image_height, scene.settings.image_width
+    pw = torch.rand(H, W, generator=torch.Generator().manual_seed(2))
+    results = []
+    for device in (DEV, CPU):
+        s = settings_on(scene.settings, device)
+        x = cast_inputs(scene.inputs, device=device)
+        results.append(GaussianRasterizer(s).render(**x, stats=True, pixel_weights=pw.to(device)).stats)
+    gpu, cpu = ([t.to(CPU) for t in r] for r in results)
+    assert cpu[1].sum() > 100
+    assert_close("accum_weight", gpu[0], cpu[0], rtol=1e-5, atol_rel=0.0, atol_abs=1e-5)
+    assert_close("max_weight", gpu[2], cpu[2], rtol=1e-5, atol_rel=0.0, atol_abs=1e-6)
+    # integer counts: equal but for a pixel whose alpha or top contributor
+    # flips on float rounding between the two backends
+    for i in (1, 3):
+        assert (gpu[i] - cpu[i]).abs().sum() <= max(2, int(cpu[i].sum()) // 5000)
 
 
 @needs_kernels

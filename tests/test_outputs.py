@@ -74,7 +74,7 @@ def test_render_returns_every_output_by_name_and_forward_stays_three_tensors():
     rasterizer = GaussianRasterizer(scene.settings)
     out = rasterizer.render(**scene.inputs)
     assert isinstance(out, RenderOutput)
-    assert out._fields == ("color", "importance_map", "radii", "invdepth", "alpha", "n_contrib")
+    assert out._fields == ("color", "importance_map", "radii", "invdepth", "alpha", "n_contrib", "stats")
     three = rasterizer(**scene.inputs)
     assert len(three) == 3
     for a, b in zip(three, out[:3]):
