@@ -37,6 +37,11 @@ and
   all, and it is the same number on any machine; `evals/s` divides it by the
   forward time.
 
+The timed functions of a scene take turns (forward, forward+backward, and,
+for `garden-ref`, the same for the reference), so that a slow phase of a
+shared machine does not land on one of them only. The last line says how
+much CPU time other processes took during the run (from /proc/stat).
+
 The reference (`rasterize_reference`, O(P_visible x H x W) time and memory)
 is timed on a scene small enough for it (`garden-ref`: a fixed random subset
 of the garden Gaussians rendered at a quarter of the resolution) beside the
@@ -156,11 +161,15 @@ def peak_memory_mib(fn: Callable[[], None]) -> str:
     if _reset_peak() and _status_kib("VmRSS") is not None:
         before = _status_kib("VmRSS")
         fn()
-        return f"{(_status_kib('VmHWM') - before) / 1024:.1f}"
+        return _mib(_status_kib("VmHWM") - before)
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
     fn()
     after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return f"{(after - before) / 1024:.1f}*"
+    return _mib(after - before) + "*"
+
+
+def _mib(kib: int) -> str:
+    return "<1" if kib < 1024 else f"{kib / 1024:.0f}"
 
 
 def _forward_backward_fn(backend: str, scene: Scene) -> Callable[[], None]:
@@ -336,15 +345,40 @@ def machine_info() -> Dict[str, str]:
     )
 
 
-def _loadavg() -> str:
+def _cpu_seconds():
+    """(busy core-seconds of the whole machine, CPU seconds of this process and
+    its children), or None where /proc/stat is missing."""
     try:
-        return ", ".join(f"{x:.2f}" for x in os.getloadavg())
-    except OSError:
-        return "n/a"
+        with open("/proc/stat") as f:
+            fields = [int(x) for x in f.readline().split()[1:]]
+    except (OSError, ValueError):
+        return None
+    # user nice system idle iowait irq softirq steal ...: busy = all but idle and iowait
+    busy = sum(fields[:8]) - fields[3] - fields[4]
+    own = sum(
+        getattr(resource.getrusage(who), f) for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)
+        for f in ("ru_utime", "ru_stime")
+    )
+    return busy / os.sysconf("SC_CLK_TCK"), own
+
+
+def contention(start, wall_s: float) -> str:
+    """How much CPU time other processes took while the benchmark ran."""
+    end = _cpu_seconds()
+    if start is None or end is None:
+        return "CPU time of other processes: unknown"
+    other = max(0.0, (end[0] - start[0]) - (end[1] - start[1]))
+    cores = os.cpu_count() or 1
+    return (
+        f"other processes used {other:.0f} of the {wall_s * cores:.0f} core-seconds of this run "
+        f"({100 * other / max(wall_s * cores, 1e-9):.0f}%)"
+    )
 
 
 def _ms(times: List[float]) -> str:
-    return f"{statistics.median(times):.1f} ({min(times):.0f}-{max(times):.0f})"
+    """Median (min-max)."""
+    d = 1 if statistics.median(times) < 100 else 0
+    return f"{statistics.median(times):.{d}f} ({min(times):.{d}f}-{max(times):.{d}f})"
 
 
 def _rate(pairs: int, times: List[float]) -> str:
@@ -356,7 +390,7 @@ def print_plain(rows: List[dict], ratio: Optional[dict], file=sys.stdout) -> Non
         print(
             f"{r['scene']:10s} {r['backend']:9s} P={r['gaussians']:>9,d} visible={r['visible']:>8,d} "
             f"{r['image']:>9s} evals={r['pairs'] / 1e6:8.1f}M  fwd {_ms(r['fwd'])} ms  "
-            f"fwd+bwd {_ms(r['fwdbwd'])} ms  peak +{r['peak']} MiB  {_rate(r['pairs'], r['fwd'])} G evals/s",
+            f"fwd+bwd {_ms(r['fwdbwd'])} ms  peak {r['peak']} MiB  {_rate(r['pairs'], r['fwd'])} G evals/s",
             file=file,
             flush=True,
         )
@@ -372,7 +406,7 @@ def print_plain(rows: List[dict], ratio: Optional[dict], file=sys.stdout) -> Non
 def print_markdown(rows: List[dict], ratio: Optional[dict]) -> None:
     print(
         "| scene | backend | Gaussians | visible | image | evaluations (M) | forward ms | "
-        "forward+backward ms | peak MiB | G evals/s (fwd) |"
+        "forward+backward ms | peak MiB (growth) | G evals/s (fwd) |"
     )
     print("|---|---|---:|---:|---|---:|---:|---:|---:|---:|")
     for r in rows:
@@ -422,10 +456,10 @@ def main(argv: Optional[List[str]] = None) -> None:
     info = machine_info()
     print(
         f"# {info['date']}  CPU: {info['cpu']} ({info['cores']} cores, {info['threads']} torch threads)  "
-        f"torch {info['torch']}  python {info['python']}  commit {info['commit']}  "
-        f"load average {_loadavg()}",
+        f"torch {info['torch']}  python {info['python']}  commit {info['commit']}",
         flush=True,
     )
+    start, t_start = _cpu_seconds(), time.perf_counter()
 
     rows = []
     for name in args.scenes:
@@ -449,7 +483,7 @@ def main(argv: Optional[List[str]] = None) -> None:
 
     if args.markdown:
         print_markdown(rows, ratio)
-    print(f"\n(load average at the end: {_loadavg()}: 1, 5, 15 minutes; more than 0 means other work shared the cores)")
+    print(f"\n({contention(start, time.perf_counter() - t_start)})")
 
 
 if __name__ == "__main__":

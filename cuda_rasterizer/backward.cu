@@ -38,14 +38,12 @@ __device__ __forceinline__ void warp_sum_and_add(SplatGrad& g, float* __restrict
 __global__ void __launch_bounds__(BLOCK_SIZE)
     render_backward_kernel(RenderBackwardArgs b, Grid grid, float* __restrict__ splat_grads) {
     const RenderArgs& a = b.forward;
-    const int64_t tile = blockIdx.x;
-    const int rank = threadIdx.y * BLOCK_X + threadIdx.x;
-    const int x = int(tile % grid.grid_x) * BLOCK_X + threadIdx.x;
-    const int y = int(tile / grid.grid_x) * BLOCK_Y + threadIdx.y;
-    const bool inside = x < a.width && y < a.height;
-    const float px = float(x), py = float(y);
+    const BlockPixel bp(grid, a.width, a.height);
+    const int64_t tile = bp.tile, pix = bp.pix;
+    const int rank = bp.rank;
+    const bool inside = bp.inside;
+    const float px = float(bp.x), py = float(bp.y);
     const int64_t HW = int64_t(a.height) * a.width;
-    const int64_t pix = int64_t(y) * a.width + x;
 
     const int64_t begin = a.tile_ranges[tile];
 

@@ -19,12 +19,11 @@ __global__ void preprocess_kernel(int P, GaussianInputs in, CameraArgs cam_args,
 __global__ void __launch_bounds__(BLOCK_SIZE)
     render_kernel(RenderArgs a, Grid grid, float* __restrict__ out_color, float* __restrict__ out_importance,
                   float* __restrict__ out_invdepth, float* __restrict__ final_T, int32_t* __restrict__ n_contrib) {
-    const int64_t tile = blockIdx.x;
-    const int rank = threadIdx.y * BLOCK_X + threadIdx.x;
-    const int x = int(tile % grid.grid_x) * BLOCK_X + threadIdx.x;
-    const int y = int(tile / grid.grid_x) * BLOCK_Y + threadIdx.y;
-    const bool inside = x < a.width && y < a.height;
-    const float px = float(x), py = float(y);
+    const BlockPixel bp(grid, a.width, a.height);
+    const int64_t tile = bp.tile, pix = bp.pix;
+    const int rank = bp.rank;
+    const bool inside = bp.inside;
+    const float px = float(bp.x), py = float(bp.y);
 
     const int64_t begin = a.tile_ranges[tile];
     const int64_t count = a.tile_ranges[tile + 1] - begin;
@@ -34,7 +33,6 @@ __global__ void __launch_bounds__(BLOCK_SIZE)
     __shared__ int s_gaussian[BLOCK_SIZE];
 
     const bool stats = a.accum_weight != nullptr;
-    const int64_t pix = int64_t(y) * a.width + x;
     const float pixel_weight = stats && inside && a.pixel_weights != nullptr ? a.pixel_weights[pix] : 1.0f;
     PixelTopContributor top;
     PixelAccumulator acc;

@@ -66,6 +66,25 @@ struct Grid {
     int64_t num_tiles() const { return int64_t(grid_x) * grid_y; }
 };
 
+#ifdef __CUDACC__
+// The pixel of this thread in the render kernels: one 16x16 block per tile
+// (a 1D grid of blocks, so no 65535 limit on tile rows), one thread per pixel.
+struct BlockPixel {
+    int64_t tile;
+    int rank;  // thread index within the block
+    int x, y;
+    bool inside;  // false for the threads of a partial tile beyond the image
+    int64_t pix;  // y * width + x
+    __device__ BlockPixel(const Grid& grid, int width, int height)
+        : tile(blockIdx.x),
+          rank(threadIdx.y * BLOCK_X + threadIdx.x),
+          x(int(tile % grid.grid_x) * BLOCK_X + threadIdx.x),
+          y(int(tile / grid.grid_x) * BLOCK_Y + threadIdx.y),
+          inside(x < width && y < height),
+          pix(int64_t(y) * width + x) {}
+};
+#endif
+
 // ---- forward.cu -----------------------------------------------------------
 
 // dgr::preprocess_gaussian for i in [0, P). `out` must be zero-initialised

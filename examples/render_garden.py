@@ -10,7 +10,8 @@ made-up scales, rotations and opacities (spec/BENCHMARKS.md, `garden`).
 
 Every Gaussian is given importance 1 (`importances=torch.ones(P)`), so the
 importance map O = sum_i o_i alpha_i T_i is the alpha coverage 1 - T_final of
-each pixel; the script checks that against a second render. It then runs the
+each pixel; the script checks that against the `alpha` output of
+`GaussianRasterizer.render`. It then runs the
 backward pass of `importance_map.sum()`: the gradient that `importances`
 receives is, per Gaussian, its total blending weight sum_pixels alpha_i T_i,
 the score that blending-weight pruning uses, and the script reports how the
@@ -110,10 +111,9 @@ def main(argv=None) -> None:
           f"mean {float(importance_map.mean()):.4f}")
 
     # With importances all ones, O = sum_i alpha_i T_i = 1 - T_final: check it
-    # against the alpha map, rendered as the image of white Gaussians on black.
+    # against the alpha map, which render() returns beside the other outputs.
     with torch.no_grad():
-        white = dict(inputs, colors_precomp=torch.ones(P, 3))
-        alpha = GaussianRasterizer(s._replace(bg=torch.zeros(3)))(**white)[0][0]
+        alpha = rasterizer.render(**inputs).alpha[0]
     print(f"importances = 1, so the importance map is the alpha coverage: max |importance - alpha| = "
           f"{float((importance_map - alpha).abs().max()):.2e}")
 
@@ -127,7 +127,7 @@ def main(argv=None) -> None:
     share = float(top[:k].sum() / top.sum()) if float(top.sum()) > 0 else 0.0
     print(f"pruning score (gradient of importance_map.sum() w.r.t. importances = sum of alpha*T per Gaussian): "
           f"{never:,d} of the {int(drawn.sum()):,d} drawn Gaussians were never blended (alpha < 1/255 "
-          f"or behind opaque ones), the top 10% carry {share * 100:.1f}% of the total weight")
+          f"or behind opaque ones), the top 10% of all Gaussians carry {share * 100:.1f}% of the total weight")
     moved = int((leaves["means2D"].grad[:, :2].abs().sum(1) > 0).sum())
     print(f"means2D.grad (densification signal) is non-zero for {moved:,d} Gaussians")
 

@@ -441,23 +441,7 @@ def test_garden_importance_gradient_is_total_blending_weight():
 # ---------------------------------------------------------------------------
 
 
-def _identity_camera(H, W, bg=(0.25, 0.5, 0.75)):
-    return make_settings(torch.eye(4), W, H, 0.5, 0.5 * H / W, bg=torch.tensor(bg))
-
-
-def _gaussians(means, scale=0.1, opacity=0.9):
-    P = means.shape[0]
-    return dict(
-        means3D=means.float().contiguous(),
-        means2D=torch.zeros(P, 3),
-        opacities=torch.full((P, 1), opacity),
-        importances=torch.ones(P, 1),
-        shs=None,
-        colors_precomp=torch.full((P, 3), 0.8),
-        scales=torch.full((P, 3), float(scale)),
-        rotations=torch.tensor([[1.0, 0.0, 0.0, 0.0]]).repeat(P, 1),
-        cov3D_precomp=None,
-    )
+from test_degenerate import gaussians as _gaussians, identity_camera as _identity_camera  # noqa: E402
 
 
 def _degenerate_cases():
