@@ -32,7 +32,7 @@ inline dgr::GaussianInputs gaussian_inputs(const torch::Tensor& means3D, const t
     in.shs = ptr_or_null<float>(shs);
     in.colors_precomp = ptr_or_null<float>(colors_precomp);
     in.opacities = opacities.data_ptr<float>();
-    in.sh_coeffs = shs.numel() > 0 ? int(shs.size(1)) : 0;
+    in.sh_coeffs = shs.dim() == 3 ? int(shs.size(1)) : 0;  // also for P = 0: d/dshs keeps its [P, M, 3] shape
     in.sh_degree = int(sh_degree);
     in.scale_modifier = float(scale_modifier);
     in.antialiasing = antialiasing;

@@ -274,8 +274,6 @@ def example_spec(P, H, W, positions, scales, opacities, **kw):
 @example(spec=example_spec(2, 17, 9, ["just_beyond_near", "near_plane"], ["thin", "normal"], ["normal", "one"],
                            camera="permuted", color_mode=2))
 def test_random_extreme_scenes(spec):
-    # known bug, see test_zero_gaussians_with_sh_coefficients (remove once fixed)
-    assume(not (spec["P"] == 0 and spec["color_mode"] != "precomp"))
     settings_, inputs, exact_near = build(spec)
     upstream = upstream_gradients(spec["H"], spec["W"], seed=spec["seed"])
     out, grads = render_and_backward(settings_, inputs, upstream)
@@ -296,7 +294,6 @@ def test_input_order_does_not_matter(spec, perm_seed):
     for i in [i for i, p in enumerate(positions) if p == "just_beyond_near"][1:]:
         positions[i] = "screen"
     spec = dict(spec, positions=positions)
-    assume(not (spec["P"] == 0 and spec["color_mode"] != "precomp"))  # known bug, see below
     settings_, inputs, _ = build(spec)
     perm = torch.randperm(spec["P"], generator=torch.Generator().manual_seed(perm_seed))
     upstream = upstream_gradients(spec["H"], spec["W"], seed=spec["seed"])
@@ -325,10 +322,6 @@ def _one_colour_scene(P, **changes):
     return inputs
 
 
-@pytest.mark.xfail(strict=True, raises=RuntimeError, reason=(
-    "bug: with P = 0 the backward returns d/dshs of shape [0, 1, 3] whatever M is "
-    "(rasterize_points.h gaussian_inputs sets sh_coeffs = 0 when shs.numel() == 0), and autograd raises "
-    "'invalid gradient at index 2 - got [0, 1, 3] but expected shape compatible with [0, M, 3]'"))
 @pytest.mark.parametrize("sh_degree,M", [(1, 4), (0, 2), (3, 16)])
 def test_zero_gaussians_with_sh_coefficients(sh_degree, M):
     settings_ = identity_camera(5, 7)._replace(sh_degree=sh_degree)
@@ -338,7 +331,7 @@ def test_zero_gaussians_with_sh_coefficients(sh_degree, M):
 
 
 def test_zero_gaussians_with_one_sh_coefficient():
-    """The case that works today (M = 1): keeps the xfail above honest."""
+    """M = 1, the case that worked before the fix above."""
     settings_ = identity_camera(5, 7)
     out, grads = render_and_backward(settings_, _one_colour_scene(0, colors_precomp=None, shs=torch.zeros(0, 1, 3)))
     assert grads["shs"].shape == (0, 1, 3)
