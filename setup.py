@@ -77,7 +77,15 @@ def want_cuda():
 
 
 glm_dir = find_glm()
-cxx_flags = ["-O3", "-fopenmp"]
+# -ffp-contract=off: no FMA contraction, so that the CPU backend's float
+# arithmetic (and the vectorised per-pixel loops, compiled for several ISAs,
+# see cpu/rasterize_points_cpu.cpp) gives the same bits on every x86-64 and
+# the backward recomputes exactly the alphas the forward blended.
+# -fno-math-errno: sqrtf and friends inline (errno is never read).
+# -fno-trapping-math: lets the vectoriser if-convert the per-pixel loops
+# (compute both sides of a condition, then select); it changes no value, only
+# the assumption that a float operation may trap (nothing here enables traps).
+cxx_flags = ["-O3", "-fopenmp", "-fno-math-errno", "-fno-trapping-math", "-ffp-contract=off"]
 sources = ["ext.cpp"] + sorted(glob.glob("cpu/*.cpp"))
 include_dirs = [ROOT, glm_dir]
 link_args = ["-fopenmp"]

@@ -4,16 +4,25 @@ to the pure-PyTorch reference.
 
     python benchmarks/bench.py                      # every scene, 5 repeats
     python benchmarks/bench.py --scenes garden dense --repeats 7 --markdown
+    python benchmarks/bench.py --scenes garden --stats --scaling --no-reference
+    python benchmarks/bench.py --root ../baseline   # time another built checkout
 
 For each scene it reports the median (and the range) of `--repeats` timed runs
 after one warm-up run of
 
-* forward:           `GaussianRasterizer(...)(**inputs)` with inputs that
-                     require grad, as in training;
+* forward:           `GaussianRasterizer(...).render(**inputs)` with inputs
+                     that require grad, as in training (it renders the colour,
+                     importance, inverse-depth and alpha maps);
 * forward+backward:  the forward, then `loss.backward()` with
-                     `loss = (color * Wc).sum() + (importance_map * Wi).sum()`
-                     (fixed random weights Wc, Wi: every pixel of both outputs
-                     sends a gradient back);
+                     `loss = (color * Wc).sum() + (importance_map * Wi).sum()
+                     + (invdepth * Wd).sum() + (alpha * Wa).sum()` (fixed
+                     random weights: every pixel of all four maps sends a
+                     gradient back);
+* with `--stats`:    the forward with the per-Gaussian statistics on
+                     (`render(..., stats=True)`), and its cost over the plain
+                     forward;
+* with `--scaling`:  forward and forward+backward also with 1 thread, and the
+                     speed-up of `--threads` threads over 1;
 
 and
 
@@ -35,17 +44,22 @@ and
   bound on the splat evaluations the forward performs (a pixel stops early
   when its transmittance runs out), it counts the backward's work not at
   all, and it is the same number on any machine; `evals/s` divides it by the
-  forward time.
+  forward time, `evals/s/core` also by the number of threads.
 
-The timed functions of a scene take turns (forward, forward+backward, and,
-for `garden-ref`, the same for the reference), so that a slow phase of a
-shared machine does not land on one of them only. The last line says how
+The timed functions of a scene take turns (forward, forward+backward, the
+statistics and 1-thread variants, and, for `garden-ref`, the same for the
+reference), so that a slow phase of a shared machine does not land on one of
+them only. The last line says how
 much CPU time other processes took during the run (from /proc/stat).
 
 The reference (`rasterize_reference`, O(P_visible x H x W) time and memory)
 is timed on a scene small enough for it (`garden-ref`: a fixed random subset
 of the garden Gaussians rendered at a quarter of the resolution) beside the
 CPU backend on the same scene, in the same process.
+
+`--root DIR` imports the package from another checkout with a built
+extension (for example the commit before an optimisation), so that two
+builds can be timed with the same script; the peak-memory children follow.
 
 Timing is not a test: on shared machines the numbers drift from run to run;
 ratios taken in one run are the figures to compare.
@@ -67,7 +81,20 @@ from typing import Callable, Dict, List, Optional
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+
+
+def _package_root(argv: List[str]) -> Path:
+    """--root DIR (read before the package is imported), else this checkout."""
+    for i, a in enumerate(argv):
+        if a == "--root" and i + 1 < len(argv):
+            return Path(argv[i + 1]).resolve()
+        if a.startswith("--root="):
+            return Path(a.split("=", 1)[1]).resolve()
+    return ROOT
+
+
+PACKAGE_ROOT = _package_root(sys.argv)
+sys.path.insert(0, str(PACKAGE_ROOT))
 
 from diff_gaussian_rasterization_ks import GaussianRasterizer, rasterize_reference  # noqa: E402
 from diff_gaussian_rasterization_ks.scenes import Scene, garden_scene, random_scene, requires_grad_  # noqa: E402
@@ -172,27 +199,27 @@ def _mib(kib: int) -> str:
     return "<1" if kib < 1024 else f"{kib / 1024:.0f}"
 
 
-def _forward_backward_fn(backend: str, scene: Scene) -> Callable[[], None]:
-    inputs = requires_grad_(scene.inputs)
-    wc, wi = _loss_weights(scene)
+def _render_fn(backend: str, scene: Scene, inputs, stats: bool = False) -> Callable[[], object]:
+    """One render returning an object with color, importance_map, invdepth,
+    alpha and radii (RenderOutput for the CPU backend)."""
     if backend == "cpu":
         rasterizer = GaussianRasterizer(scene.settings)
+        return lambda: rasterizer.render(**inputs, stats=stats)
+    return lambda: rasterize_reference(**inputs, raster_settings=scene.settings)
 
-        def render():
-            color, importance_map, _ = rasterizer(**inputs)
-            return color, importance_map
-    else:
 
-        def render():
-            out = rasterize_reference(**inputs, raster_settings=scene.settings)
-            return out.color, out.importance_map
+def _forward_backward_fn(backend: str, scene: Scene) -> Callable[[], None]:
+    inputs = requires_grad_(scene.inputs)
+    weights = _loss_weights(scene)
+    render = _render_fn(backend, scene, inputs)
 
     def forward_backward():
         for v in inputs.values():
             if isinstance(v, torch.Tensor):
                 v.grad = None
-        color, importance_map = render()
-        ((color * wc).sum() + (importance_map * wi).sum()).backward()
+        out = render()
+        maps = (out.color, out.importance_map, out.invdepth, out.alpha)
+        sum((m * w).sum() for m, w in zip(maps, weights)).backward()
 
     return forward_backward
 
@@ -208,7 +235,8 @@ def peak_child(scene_name: str, backend: str, args) -> None:
 
 def measure_peak(scene_name: str, backend: str, args) -> str:
     cmd = [sys.executable, str(Path(__file__).resolve()), "--peak-child", scene_name, backend,
-           "--data", str(args.data), "--threads", str(args.threads), "--ref-subset", str(args.ref_subset)]
+           "--data", str(args.data), "--threads", str(args.threads), "--ref-subset", str(args.ref_subset),
+           "--root", str(PACKAGE_ROOT)]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     for line in proc.stdout.splitlines():
         if line.startswith("PEAK_MIB "):
@@ -217,16 +245,19 @@ def measure_peak(scene_name: str, backend: str, args) -> str:
     return "n/a"
 
 
-def timed(fns: Dict[str, Callable[[], None]], repeats: int) -> Dict[str, List[float]]:
-    """Milliseconds of each function, `repeats` times after one warm-up each.
+def timed(fns: Dict[object, Callable[[], None]], repeats: int, threads: Dict[object, int]) -> Dict[object, List[float]]:
+    """Milliseconds of each function, `repeats` times after one warm-up each,
+    each run with torch.set_num_threads(threads[key]) (set outside the timing).
 
     The functions take turns (a, b, a, b, ...) so that a slow phase of a
     shared machine hits all of them alike, which keeps their ratios sound."""
-    for fn in fns.values():
+    for key, fn in fns.items():
+        torch.set_num_threads(threads[key])
         fn()  # warm-up
-    times: Dict[str, List[float]] = {key: [] for key in fns}
+    times: Dict[object, List[float]] = {key: [] for key in fns}
     for _ in range(repeats):
         for key, fn in fns.items():
+            torch.set_num_threads(threads[key])
             t0 = time.perf_counter()
             fn()
             times[key].append((time.perf_counter() - t0) * 1e3)
@@ -257,33 +288,37 @@ def binned_pairs(scene: Scene, radii: torch.Tensor) -> int:
 
 
 def _loss_weights(scene: Scene):
+    """Fixed random per-pixel weights of color, importance_map, invdepth, alpha."""
     s = scene.settings
     gen = torch.Generator().manual_seed(123)
-    wc = torch.rand(3, s.image_height, s.image_width, generator=gen)
-    wi = torch.rand(s.image_height, s.image_width, generator=gen)
-    return wc, wi
+    H, W = s.image_height, s.image_width
+    return tuple(torch.rand(shape, generator=gen) for shape in ((3, H, W), (H, W), (1, H, W), (1, H, W)))
 
 
-def _forward_fn(backend: str, scene: Scene) -> Callable[[], tuple]:
-    inputs = requires_grad_(scene.inputs)
-    if backend == "cpu":
-        rasterizer = GaussianRasterizer(scene.settings)
-        return lambda: rasterizer(**inputs)
-    return lambda: rasterize_reference(**inputs, raster_settings=scene.settings)
+def _forward_fn(backend: str, scene: Scene, stats: bool = False) -> Callable[[], object]:
+    return _render_fn(backend, scene, requires_grad_(scene.inputs), stats)
 
 
 def bench(name: str, scene: Scene, backends: List[str], args) -> List[dict]:
     """Times each of `backends` ("cpu", "reference") on `scene`, interleaved."""
-    fns = {}
+    fns, threads = {}, {}
     for b in backends:
         fns[(b, "fwd")] = _forward_fn(b, scene)
         fns[(b, "fwdbwd")] = _forward_backward_fn(b, scene)
-    times = timed(fns, args.repeats)
+        if b == "cpu" and args.stats:
+            fns[(b, "fwd_stats")] = _forward_fn(b, scene, stats=True)
+        if b == "cpu" and args.scaling and args.threads != 1:
+            fns[(b, "fwd_1t")] = _forward_fn(b, scene)
+            fns[(b, "fwdbwd_1t")] = _forward_backward_fn(b, scene)
+    for key in fns:
+        threads[key] = 1 if key[1].endswith("_1t") else args.threads
+    times = timed(fns, args.repeats, threads)
+    torch.set_num_threads(args.threads)
     rows = []
     s = scene.settings
     for b in backends:
         with torch.no_grad():
-            radii = fns[(b, "fwd")]()[2]
+            radii = fns[(b, "fwd")]().radii
         rows.append(
             dict(
                 scene=name,
@@ -292,8 +327,12 @@ def bench(name: str, scene: Scene, backends: List[str], args) -> List[dict]:
                 visible=int((radii > 0).sum()),
                 image=f"{s.image_width}x{s.image_height}",
                 pairs=binned_pairs(scene, radii),
+                threads=args.threads,
                 fwd=times[(b, "fwd")],
                 fwdbwd=times[(b, "fwdbwd")],
+                fwd_stats=times.get((b, "fwd_stats")),
+                fwd_1t=times.get((b, "fwd_1t")),
+                fwdbwd_1t=times.get((b, "fwdbwd_1t")),
                 peak=measure_peak(name, b, args),
             )
         )
@@ -325,10 +364,11 @@ def machine_info() -> Dict[str, str]:
         pass
     try:
         commit = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=True
+            ["git", "rev-parse", "--short", "HEAD"], cwd=PACKAGE_ROOT, capture_output=True, text=True, check=True
         ).stdout.strip()
         dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT, capture_output=True, text=True
+            ["git", "status", "--porcelain", "--untracked-files=no"], cwd=PACKAGE_ROOT, capture_output=True,
+            text=True
         ).stdout.strip()
         if dirty:
             commit += " (with uncommitted changes)"
@@ -381,8 +421,25 @@ def _ms(times: List[float]) -> str:
     return f"{statistics.median(times):.{d}f} ({min(times):.{d}f}-{max(times):.{d}f})"
 
 
-def _rate(pairs: int, times: List[float]) -> str:
-    return f"{pairs / (statistics.median(times) / 1e3) / 1e9:.3g}"
+def _rate(pairs: int, times: List[float], cores: int = 1) -> str:
+    """Evaluations per second (per core), in 10^9."""
+    return f"{pairs / (statistics.median(times) / 1e3) / 1e9 / cores:.3g}"
+
+
+def _extras(r: dict) -> List[tuple]:
+    """(label, value) of the optional figures: statistics cost, 1-thread times, speed-up."""
+    out = []
+    if r.get("fwd_stats"):
+        cost = statistics.median(r["fwd_stats"]) / statistics.median(r["fwd"]) - 1
+        out.append(("forward ms, stats on", _ms(r["fwd_stats"])))
+        out.append(("stats cost", f"{100 * cost:+.0f}%"))
+    if r.get("fwd_1t"):
+        out.append(("forward ms, 1 thread", _ms(r["fwd_1t"])))
+        out.append(("forward+backward ms, 1 thread", _ms(r["fwdbwd_1t"])))
+        sf = statistics.median(r["fwd_1t"]) / statistics.median(r["fwd"])
+        sb = statistics.median(r["fwdbwd_1t"]) / statistics.median(r["fwdbwd"])
+        out.append((f"speed-up {r['threads']} vs 1 thread (fwd / fwd+bwd)", f"{sf:.2f}x / {sb:.2f}x"))
+    return out
 
 
 def print_plain(rows: List[dict], ratio: Optional[dict], file=sys.stdout) -> None:
@@ -390,7 +447,9 @@ def print_plain(rows: List[dict], ratio: Optional[dict], file=sys.stdout) -> Non
         print(
             f"{r['scene']:10s} {r['backend']:9s} P={r['gaussians']:>9,d} visible={r['visible']:>8,d} "
             f"{r['image']:>9s} evals={r['pairs'] / 1e6:8.1f}M  fwd {_ms(r['fwd'])} ms  "
-            f"fwd+bwd {_ms(r['fwdbwd'])} ms  peak {r['peak']} MiB  {_rate(r['pairs'], r['fwd'])} G evals/s",
+            f"fwd+bwd {_ms(r['fwdbwd'])} ms  peak {r['peak']} MiB  {_rate(r['pairs'], r['fwd'])} G evals/s  "
+            f"{_rate(r['pairs'], r['fwd'], r['threads'])} G evals/s/core"
+            + "".join(f"  {label} {value}" for label, value in _extras(r)),
             file=file,
             flush=True,
         )
@@ -404,16 +463,23 @@ def print_plain(rows: List[dict], ratio: Optional[dict], file=sys.stdout) -> Non
 
 
 def print_markdown(rows: List[dict], ratio: Optional[dict]) -> None:
+    extra_labels = [label for label, _ in _extras(rows[0])] if rows else []
+    for r in rows:  # the widest set of optional columns
+        if len(_extras(r)) > len(extra_labels):
+            extra_labels = [label for label, _ in _extras(r)]
     print(
         "| scene | backend | Gaussians | visible | image | evaluations (M) | forward ms | "
-        "forward+backward ms | peak MiB (growth) | G evals/s (fwd) |"
+        "forward+backward ms | peak MiB (growth) | G evals/s (fwd) | G evals/s/core (fwd) |"
+        + "".join(f" {label} |" for label in extra_labels)
     )
-    print("|---|---|---:|---:|---|---:|---:|---:|---:|---:|")
+    print("|---|---|---:|---:|---|---:|---:|---:|---:|---:|---:|" + "---:|" * len(extra_labels))
     for r in rows:
+        values = dict(_extras(r))
         print(
             f"| {r['scene']} | {r['backend']} | {r['gaussians']:,d} | {r['visible']:,d} | {r['image']} | "
             f"{r['pairs'] / 1e6:.1f} | {_ms(r['fwd'])} | {_ms(r['fwdbwd'])} | {r['peak']} | "
-            f"{_rate(r['pairs'], r['fwd'])} |"
+            f"{_rate(r['pairs'], r['fwd'])} | {_rate(r['pairs'], r['fwd'], r['threads'])} |"
+            + "".join(f" {values.get(label, '')} |" for label in extra_labels)
         )
     if ratio:
         print()
@@ -441,6 +507,12 @@ def main(argv: Optional[List[str]] = None) -> None:
     parser.add_argument(
         "--ref-subset", type=int, default=2_000, help="Gaussians in the garden-ref scene used for the reference comparison"
     )
+    parser.add_argument("--stats", action="store_true",
+                        help="also time the forward with per-Gaussian statistics on, and report their cost")
+    parser.add_argument("--scaling", action="store_true",
+                        help="also time forward and forward+backward with 1 thread, and report the speed-up")
+    parser.add_argument("--root", type=Path, default=ROOT,
+                        help="import the package from this checkout (with a built extension) instead of this one")
     parser.add_argument("--peak-child", nargs=2, metavar=("SCENE", "BACKEND"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.peak_child:
@@ -456,7 +528,7 @@ def main(argv: Optional[List[str]] = None) -> None:
     info = machine_info()
     print(
         f"# {info['date']}  CPU: {info['cpu']} ({info['cores']} cores, {info['threads']} torch threads)  "
-        f"torch {info['torch']}  python {info['python']}  commit {info['commit']}",
+        f"torch {info['torch']}  python {info['python']}  commit {info['commit']}  package from {PACKAGE_ROOT}",
         flush=True,
     )
     start, t_start = _cpu_seconds(), time.perf_counter()

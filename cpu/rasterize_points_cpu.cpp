@@ -10,7 +10,9 @@
 
 #include <algorithm>
 #include <atomic>
+#include <cstdlib>
 #include <cstring>
+#include <memory>
 #include <numeric>
 #include <type_traits>
 
@@ -71,6 +73,41 @@ struct Binning {
     torch::Tensor slot_entries;      // [E] int64: sorted entry of each slot
 };
 
+// The visible Gaussians (tiles_touched > 0) in order of depth, ties by index:
+// a stable LSD radix sort on the bits of the depth (positive floats order
+// like their bit patterns; the preprocess culls z <= 0.2 and NaN).
+std::vector<int32_t> depth_order(const float* depth, const int* touched, int64_t P) {
+    std::vector<int32_t> order, other;
+    std::vector<uint32_t> keys, other_keys;
+    order.reserve(P);
+    keys.reserve(P);
+    for (int64_t i = 0; i < P; ++i)
+        if (touched[i] > 0) {
+            uint32_t k;
+            std::memcpy(&k, &depth[i], sizeof(k));
+            order.push_back(int32_t(i));
+            keys.push_back(k);
+        }
+    const size_t n = order.size();
+    other.resize(n);
+    other_keys.resize(n);
+    constexpr int BITS = 11, BUCKETS = 1 << BITS;
+    for (int shift = 0; shift < 32; shift += BITS) {
+        std::vector<size_t> count(BUCKETS + 1, 0);
+        for (size_t i = 0; i < n; ++i) ++count[((keys[i] >> shift) & (BUCKETS - 1)) + 1];
+        if (count[((keys.empty() ? 0 : keys[0]) >> shift & (BUCKETS - 1)) + 1] == n) continue;  // one bucket
+        for (int d = 0; d < BUCKETS; ++d) count[d + 1] += count[d];
+        for (size_t i = 0; i < n; ++i) {
+            const size_t to = count[(keys[i] >> shift) & (BUCKETS - 1)]++;
+            other[to] = order[i];
+            other_keys[to] = keys[i];
+        }
+        order.swap(other);
+        keys.swap(other_keys);
+    }
+    return order;
+}
+
 Binning bin_gaussians(const torch::Tensor& depths, const torch::Tensor& tile_rects,
                       const torch::Tensor& tiles_touched, const TileGrid& grid) {
     const int64_t P = depths.size(0);
@@ -79,64 +116,671 @@ Binning bin_gaussians(const torch::Tensor& depths, const torch::Tensor& tile_rec
     const int* touched = tiles_touched.data_ptr<int>();
 
     Binning b;
-    b.gaussian_offsets = torch::zeros({P + 1}, torch::kInt64);
+    b.gaussian_offsets = torch::empty({P + 1}, torch::kInt64);
     int64_t* offsets = b.gaussian_offsets.data_ptr<int64_t>();
+    offsets[0] = 0;
     for (int64_t i = 0; i < P; ++i) offsets[i + 1] = offsets[i] + touched[i];
     const int64_t num_entries = offsets[P];
 
-    std::vector<int32_t> order;
-    order.reserve(P);
-    for (int64_t i = 0; i < P; ++i)
-        if (touched[i] > 0) order.push_back(int32_t(i));
-    std::stable_sort(order.begin(), order.end(), [depth](int32_t a, int32_t c) { return depth[a] < depth[c]; });
+    const std::vector<int32_t> order = depth_order(depth, touched, P);
+    const int64_t V = int64_t(order.size());
 
+    // The depth-ordered list is cut into chunks; each chunk counts its
+    // entries per tile, then scatters them from its own cursors. The result
+    // does not depend on the number of chunks: within a tile, entries come
+    // in depth order either way.
     const int64_t num_tiles = grid.num_tiles();
-    b.tile_ranges = torch::zeros({num_tiles + 1}, torch::kInt64);
-    int64_t* ranges = b.tile_ranges.data_ptr<int64_t>();
-    for (int32_t g : order) {
+    const int64_t chunks = std::max<int64_t>(1, std::min<int64_t>(2 * at::get_num_threads(), V / 4096));
+    std::vector<int64_t> cursor(size_t(chunks * num_tiles), 0);
+    auto chunk_begin = [&](int64_t c) { return V * c / chunks; };
+    auto for_each_tile = [&](int32_t g, auto&& f) {
         const int* r = rects + 4 * int64_t(g);
         for (int ty = r[1]; ty < r[3]; ++ty)
-            for (int tx = r[0]; tx < r[2]; ++tx) ++ranges[int64_t(ty) * grid.grid_x + tx + 1];
+            for (int tx = r[0]; tx < r[2]; ++tx) f(int64_t(ty) * grid.grid_x + tx);
+    };
+    at::parallel_for(0, chunks, 1, [&](int64_t c0, int64_t c1) {
+        for (int64_t c = c0; c < c1; ++c) {
+            int64_t* count = cursor.data() + c * num_tiles;
+            for (int64_t i = chunk_begin(c); i < chunk_begin(c + 1); ++i)
+                for_each_tile(order[i], [&](int64_t t) { ++count[t]; });
+        }
+    });
+    b.tile_ranges = torch::empty({num_tiles + 1}, torch::kInt64);
+    int64_t* ranges = b.tile_ranges.data_ptr<int64_t>();
+    int64_t total = 0;
+    for (int64_t t = 0; t < num_tiles; ++t) {
+        ranges[t] = total;
+        for (int64_t c = 0; c < chunks; ++c) {
+            const int64_t n = cursor[c * num_tiles + t];
+            cursor[c * num_tiles + t] = total;
+            total += n;
+        }
     }
-    for (int64_t t = 0; t < num_tiles; ++t) ranges[t + 1] += ranges[t];
+    ranges[num_tiles] = total;
 
     b.point_list = torch::empty({num_entries}, torch::kInt32);
     b.slot_entries = torch::empty({num_entries}, torch::kInt64);
     int32_t* points = b.point_list.data_ptr<int32_t>();
     int64_t* slots = b.slot_entries.data_ptr<int64_t>();
-    std::vector<int64_t> cursor(ranges, ranges + num_tiles);
-    for (int32_t g : order) {
-        const int* r = rects + 4 * int64_t(g);
-        int64_t slot = offsets[g];
-        for (int ty = r[1]; ty < r[3]; ++ty)
-            for (int tx = r[0]; tx < r[2]; ++tx) {
-                const int64_t entry = cursor[int64_t(ty) * grid.grid_x + tx]++;
-                points[entry] = g;
-                slots[slot++] = entry;
+    at::parallel_for(0, chunks, 1, [&](int64_t c0, int64_t c1) {
+        for (int64_t c = c0; c < c1; ++c) {
+            int64_t* next = cursor.data() + c * num_tiles;
+            for (int64_t i = chunk_begin(c); i < chunk_begin(c + 1); ++i) {
+                const int32_t g = order[i];
+                int64_t slot = offsets[g];
+                for_each_tile(g, [&](int64_t t) {
+                    const int64_t entry = next[t]++;
+                    points[entry] = g;
+                    slots[slot++] = entry;
+                });
             }
-    }
+        }
+    });
     return b;
 }
 
-// Calls f(x, y, pixel_index) for each pixel of a tile inside the image.
-template <typename F>
-void for_each_pixel(int64_t tile, const TileGrid& grid, int64_t H, int64_t W, const F& f) {
-    const int64_t x0 = (tile % grid.grid_x) * TILE_X, y0 = (tile / grid.grid_x) * TILE_Y;
-    for (int64_t y = y0; y < std::min<int64_t>(y0 + TILE_Y, H); ++y)
-        for (int64_t x = x0; x < std::min<int64_t>(x0 + TILE_X, W); ++x) f(float(x), float(y), y * W + x);
+// ---------------------------------------------------------------------------
+// The per-pixel loops, vectorised across pixels.
+//
+// A tile is processed in blocks of BLOCK_W x BLOCK_H pixels, one SIMD lane
+// per pixel: for each splat of the block's list (front to back in the
+// forward, back to front in the backward) a `#pragma omp simd` loop runs the
+// shared per-pixel step (dgr::splat_alpha, PixelAccumulator::blend_if,
+// PixelBackward::step) for every pixel of the block, on per-lane state kept
+// in structure-of-arrays form; masks stand in for the scalar loop's
+// `continue` and `break`, and a block stops when all of its pixels have.
+//
+// Splats that cannot be blended anywhere in the tile, then anywhere in the
+// block, are dropped from the lists first (dgr::splat_may_touch_rect), which
+// changes no result: such a splat fails splat_alpha at each of those pixels.
+// DGR_CPU_CULL=0 in the environment turns this off (tests compare the two).
+// ---------------------------------------------------------------------------
+
+constexpr int BLOCK_W = 8;
+constexpr int BLOCK_H = 4;
+constexpr int LANES = BLOCK_W * BLOCK_H;
+constexpr int BLOCKS_X = TILE_X / BLOCK_W;
+constexpr int BLOCKS_Y = TILE_Y / BLOCK_H;
+static_assert(TILE_X % BLOCK_W == 0 && TILE_Y % BLOCK_H == 0, "blocks must tile a tile");
+static_assert((LANES & (LANES - 1)) == 0, "the lane reductions halve the lanes");
+constexpr int NF = dgr::NUM_FEATURES;
+constexpr int GRAD_FLOATS = dgr::SPLAT_GRAD_FLOATS;
+constexpr int GRAD_LANES = 8;  // partial sums per gradient field and splat in the backward
+static_assert(LANES == 4 * GRAD_LANES, "backward_step folds the lanes in two halvings");
+constexpr int STAT_LANES = GRAD_LANES;  // the same for the forward's statistics
+
+// The functions that hold the vectorised loops are compiled for AVX-512,
+// AVX2 and baseline x86-64, and the loader picks the best the CPU has (GCC's
+// function multiversioning): the extension still runs on any x86-64. The
+// helpers they call are force-inlined so that each version gets its own copy.
+#if defined(__x86_64__) && defined(__linux__) && defined(__GNUC__) && \
+    (!defined(__clang__) || __clang_major__ >= 14)
+#define DGR_MULTIVERSION __attribute__((target_clones("avx512f", "avx2", "default"), flatten))
+#else
+#define DGR_MULTIVERSION
+#endif
+#if defined(__GNUC__)
+#define DGR_INLINE inline __attribute__((always_inline))
+#else
+#define DGR_INLINE inline
+#endif
+
+bool culling_enabled() {
+    const char* v = std::getenv("DGR_CPU_CULL");
+    return v == nullptr || std::strcmp(v, "0") != 0;
 }
 
-// The splats of one tile copied into contiguous arrays, front to back.
-struct TileSplats {
-    std::vector<dgr::Splat> splats;
-    std::vector<dgr::SplatFeatures> features;
+// Inclusive rectangle of pixel coordinates.
+struct PixelRect {
+    int x0, y0, x1, y1;
+    bool empty() const { return x1 < x0 || y1 < y0; }
+};
 
-    void load(const dgr::SplatSource& src, const int32_t* points, int64_t begin, int64_t end) {
-        splats.resize(end - begin);
-        features.resize(end - begin);
-        for (int64_t j = 0; j < end - begin; ++j) dgr::load_splat(src, points[begin + j], splats[j], features[j]);
+// A tile's splats in structure-of-arrays form, front to back, after culling;
+// position[j] is the tile-list position of splat j. One per thread, reused.
+struct TileSplats {
+    enum Field { MX, MY, CA, CB, CC, OPACITY, FEATURE0, NUM_FIELDS = FEATURE0 + NF };
+    int64_t capacity = 0;
+    int64_t count = 0;
+    std::vector<float> data;
+    std::vector<float> raw;  // load_tile's scratch: the geometry of every entry, before culling
+    std::vector<int32_t> position;
+    std::vector<int32_t> flags;
+    std::vector<int32_t> list;
+    // backward: per splat, its gradient summed over the tile's pixels so far,
+    // kept as GRAD_LANES partial sums per field (see backward_step)
+    std::vector<float> grad_lanes;
+    // forward statistics: per splat, STAT_LANES partial sums of accum_weight,
+    // max_weight and hit_count (see forward_step), and its top_count
+    std::vector<float> accum_lanes, max_lanes;
+    std::vector<int32_t> hit_lanes, top_count;
+
+    void reserve(int64_t n) {
+        if (n <= capacity) return;
+        capacity = std::max<int64_t>(n, 2 * capacity);
+        capacity = (capacity + 15) / 16 * 16;
+        data.assign(size_t(NUM_FIELDS * capacity), 0.f);
+        raw.assign(size_t(FEATURE0 * capacity), 0.f);
+        position.assign(size_t(capacity), 0);
+        flags.assign(size_t(capacity), 0);
+        list.assign(size_t(capacity), 0);
+        grad_lanes.assign(size_t(capacity * GRAD_FLOATS * GRAD_LANES), 0.f);
+        accum_lanes.assign(size_t(capacity * STAT_LANES), 0.f);
+        max_lanes.assign(size_t(capacity * STAT_LANES), 0.f);
+        hit_lanes.assign(size_t(capacity * STAT_LANES), 0);
+        top_count.assign(size_t(capacity), 0);
+    }
+    float* field(int f) { return data.data() + f * capacity; }
+    float* raw_field(int f) { return raw.data() + f * capacity; }
+    const float* field(int f) const { return data.data() + f * capacity; }
+
+    DGR_INLINE dgr::Splat splat(int64_t j) const {
+        dgr::Splat s;
+        s.mean = glm::vec2(field(MX)[j], field(MY)[j]);
+        s.conic_opacity = glm::vec4(field(CA)[j], field(CB)[j], field(CC)[j], field(OPACITY)[j]);
+        return s;
+    }
+    DGR_INLINE dgr::SplatFeatures features(int64_t j) const {
+        dgr::SplatFeatures f;
+        for (int k = 0; k < NF; ++k) f.v[k] = field(FEATURE0 + k)[j];
+        return f;
     }
 };
+
+TileSplats& thread_scratch() {
+    static thread_local TileSplats scratch;
+    return scratch;
+}
+
+// flags[j] = splat j may be blended in `rect` (all 1 when culling is off).
+DGR_INLINE void flag_splats_in_rect(TileSplats& ts, int64_t n, const PixelRect& rect, bool cull) {
+    int32_t* flags = ts.flags.data();
+    const TileSplats& c = ts;
+    const float x0 = float(rect.x0), y0 = float(rect.y0), x1 = float(rect.x1), y1 = float(rect.y1);
+#pragma omp simd
+    for (int64_t j = 0; j < n; ++j) flags[j] = (!cull | dgr::splat_may_touch_rect(c.splat(j), x0, y0, x1, y1)) ? 1 : 0;
+}
+
+// Loads the splats of tile-list entries [begin, end) that may be blended in
+// the tile's pixels (all of them when culling is off): first the splat
+// geometry of every entry into the `raw` fields, then, for the kept ones,
+// the whole splat (load_splat) into the compact arrays.
+DGR_INLINE void load_tile(TileSplats& ts, const dgr::SplatSource& src, const int32_t* points, int64_t begin,
+                          int64_t end, const PixelRect& rect, bool cull) {
+    const int64_t n = end - begin;
+    ts.reserve(n);
+    float* f[TileSplats::NUM_FIELDS];
+    for (int k = 0; k < TileSplats::NUM_FIELDS; ++k) f[k] = ts.field(k);
+    int64_t m = n;
+    if (cull) {
+        float* raw[TileSplats::FEATURE0];
+        for (int k = 0; k < TileSplats::FEATURE0; ++k) raw[k] = ts.raw_field(k);
+        for (int64_t j = 0; j < n; ++j) {
+            const int64_t g = points[begin + j];
+            raw[TileSplats::MX][j] = src.means2D[2 * g];
+            raw[TileSplats::MY][j] = src.means2D[2 * g + 1];
+            raw[TileSplats::CA][j] = src.conic_opacity[4 * g];
+            raw[TileSplats::CB][j] = src.conic_opacity[4 * g + 1];
+            raw[TileSplats::CC][j] = src.conic_opacity[4 * g + 2];
+            raw[TileSplats::OPACITY][j] = src.conic_opacity[4 * g + 3];
+        }
+        int32_t* flags = ts.flags.data();
+        const float x0 = float(rect.x0), y0 = float(rect.y0), x1 = float(rect.x1), y1 = float(rect.y1);
+#pragma omp simd
+        for (int64_t j = 0; j < n; ++j) {
+            dgr::Splat s;
+            s.mean = glm::vec2(raw[TileSplats::MX][j], raw[TileSplats::MY][j]);
+            s.conic_opacity = glm::vec4(raw[TileSplats::CA][j], raw[TileSplats::CB][j], raw[TileSplats::CC][j],
+                                        raw[TileSplats::OPACITY][j]);
+            flags[j] = dgr::splat_may_touch_rect(s, x0, y0, x1, y1) ? 1 : 0;
+        }
+        int32_t* position = ts.position.data();
+        m = 0;
+        for (int64_t j = 0; j < n; ++j) {
+            position[m] = int32_t(j);
+            m += flags[j];
+        }
+    } else {
+        for (int64_t j = 0; j < n; ++j) ts.position[j] = int32_t(j);
+    }
+    const int32_t* position = ts.position.data();
+    for (int64_t i = 0; i < m; ++i) {
+        dgr::Splat s;
+        dgr::SplatFeatures feat;
+        dgr::load_splat(src, points[begin + position[i]], s, feat);
+        f[TileSplats::MX][i] = s.mean.x;
+        f[TileSplats::MY][i] = s.mean.y;
+        f[TileSplats::CA][i] = s.conic_opacity.x;
+        f[TileSplats::CB][i] = s.conic_opacity.y;
+        f[TileSplats::CC][i] = s.conic_opacity.z;
+        f[TileSplats::OPACITY][i] = s.conic_opacity.w;
+        for (int k = 0; k < NF; ++k) f[TileSplats::FEATURE0 + k][i] = feat.v[k];
+    }
+    ts.count = m;
+}
+
+// The list of the tile's (kept) splats that may be blended in `rect`;
+// returns its length.
+DGR_INLINE int64_t block_list(TileSplats& ts, const PixelRect& rect, bool cull) {
+    const int64_t m = ts.count;
+    flag_splats_in_rect(ts, m, rect, cull);
+    const int32_t* flags = ts.flags.data();
+    int32_t* list = ts.list.data();
+    int64_t count = 0;
+    for (int64_t j = 0; j < m; ++j) {
+        list[count] = int32_t(j);
+        count += flags[j];
+    }
+    return count;
+}
+
+struct Frame {
+    int64_t H, W;
+    TileGrid grid;
+    PixelRect tile_rect(int64_t tile) const {
+        const int x0 = int(tile % grid.grid_x) * TILE_X, y0 = int(tile / grid.grid_x) * TILE_Y;
+        return PixelRect{x0, y0, int(std::min<int64_t>(x0 + TILE_X, W)) - 1, int(std::min<int64_t>(y0 + TILE_Y, H)) - 1};
+    }
+    PixelRect block_rect(const PixelRect& tile, int b) const {
+        const int x0 = tile.x0 + (b % BLOCKS_X) * BLOCK_W, y0 = tile.y0 + (b / BLOCKS_X) * BLOCK_H;
+        return PixelRect{x0, y0, std::min(x0 + BLOCK_W - 1, tile.x1), std::min(y0 + BLOCK_H - 1, tile.y1)};
+    }
+};
+
+// Lane l of a block at (x0, y0) is the pixel (x0 + l % BLOCK_W, y0 + l / BLOCK_W).
+struct BlockLanes {
+    alignas(64) float px[LANES];
+    alignas(64) float py[LANES];
+    alignas(64) int32_t inside[LANES];
+    int64_t pix[LANES];
+    DGR_INLINE void init(const Frame& fr, const PixelRect& r) {
+        for (int l = 0; l < LANES; ++l) {
+            const int x = r.x0 + l % BLOCK_W, y = r.y0 + l / BLOCK_W;
+            inside[l] = (x <= r.x1 && y <= r.y1) ? 1 : 0;
+            px[l] = float(x);
+            py[l] = float(y);
+            pix[l] = inside[l] ? int64_t(y) * fr.W + x : 0;
+        }
+    }
+};
+
+// The sum (max, count) of v[0..N) in a fixed pairwise order: halves added
+// lane by lane, N/2, N/4, ..., 1 (the same on every ISA). In registers.
+template <int N, typename T, typename Op>
+DGR_INLINE T lane_tree(const T* v, Op op) {
+    if constexpr (N == 1) {
+        return v[0];
+    } else {
+        T half[N / 2];
+        for (int l = 0; l < N / 2; ++l) half[l] = op(v[l], v[l + N / 2]);
+        return lane_tree<N / 2>(half, op);
+    }
+}
+template <int N>
+DGR_INLINE float lane_sum(const float* v) {
+    return lane_tree<N>(v, [](float a, float b) { return a + b; });
+}
+template <int N>
+DGR_INLINE float lane_max(const float* v) {
+    return lane_tree<N>(v, [](float a, float b) { return b > a ? b : a; });
+}
+template <int N>
+DGR_INLINE int32_t lane_count(const int32_t* v) {
+    return lane_tree<N>(v, [](int32_t a, int32_t b) { return a + b; });
+}
+
+// The slot of each entry: the inverse of the permutation slot_entries.
+std::unique_ptr<int64_t[]> entry_slots(const int64_t* slot_entries, int64_t num_entries) {
+    std::unique_ptr<int64_t[]> entry_slot(new int64_t[size_t(std::max<int64_t>(num_entries, 1))]);
+    at::parallel_for(0, num_entries, 16384, [&](int64_t begin, int64_t end) {
+        for (int64_t k = begin; k < end; ++k) entry_slot[slot_entries[k]] = k;
+    });
+    return entry_slot;
+}
+
+struct ForwardArgs {
+    Frame frame;
+    dgr::SplatSource src;
+    const int64_t* ranges;
+    const int32_t* points;
+    const float* bg;
+    bool cull;
+    float* color;
+    float* importance;
+    float* invdepth;
+    float* final_T;
+    int* n_contrib;
+    dgr::SplatStats* entry_stats;  // statistics: [E] per (Gaussian, tile) entry; null: no statistics
+    const float* pixel_weight;     // null: weights 1
+};
+
+// The per-lane state of the forward. Two copies live on the stack and each
+// step over a splat reads one and writes the other (never the same array,
+// and never through a variable index): then every load and store of the
+// step is unconditional and provably in bounds, which is what the compiler
+// needs to turn the step's conditions into selects and vectorise it.
+struct ForwardLanes {
+    alignas(64) float T[LANES];
+    alignas(64) float feature[NF][LANES];
+    alignas(64) int32_t last[LANES];     // tile-list position + 1 of the last blended splat
+    alignas(64) int32_t running[LANES];  // 0 once the pixel is done (or outside the image)
+    alignas(64) float top_weight[LANES];  // statistics only: PixelTopContributor
+    alignas(64) int32_t top_id[LANES];
+};
+
+// Per-lane scratch of the statistics.
+struct StatsLanes {
+    alignas(64) float pixel_weight[LANES];
+    alignas(64) float weight[LANES];  // this step's alpha T, or -1 where the pixel did not blend the splat
+};
+
+DGR_INLINE bool any_lane(const int32_t* v) {
+    int32_t any = 0;
+    for (int l = 0; l < LANES; ++l) any |= v[l];
+    return any != 0;
+}
+
+// One splat (entry j of the tile) over all pixels of the block: in -> out.
+// Returns whether some pixel of the block is still running.
+template <bool kStats>
+DGR_INLINE bool forward_step(const ForwardLanes& in, ForwardLanes& out, TileSplats& ts, int32_t j,
+                             const BlockLanes& b, StatsLanes& sl) {
+    const dgr::Splat s = ts.splat(j);
+    const dgr::SplatFeatures f = ts.features(j);
+    const int32_t position = ts.position[j];
+#pragma omp simd
+    for (int l = 0; l < LANES; ++l) {
+        float alpha, G;
+        const bool pass = dgr::splat_alpha(s.conic_opacity, s.mean.x - b.px[l], s.mean.y - b.py[l], alpha, G);
+        dgr::PixelAccumulator acc;
+        acc.T = in.T[l];
+        for (int k = 0; k < NF; ++k) acc.feature[k] = in.feature[k][l];
+        acc.last_weight = 0.f;
+        bool finished = false;
+        const bool took = acc.blend_if((in.running[l] != 0) & pass, alpha, f, finished);
+        out.T[l] = acc.T;
+        for (int k = 0; k < NF; ++k) out.feature[k][l] = acc.feature[k];
+        out.last[l] = took ? position + 1 : in.last[l];
+        out.running[l] = finished ? 0 : in.running[l];
+        if (kStats) {
+            sl.weight[l] = took ? acc.last_weight : -1.0f;
+            dgr::TopContributor<int32_t> top;
+            top.weight = in.top_weight[l];
+            top.id = in.top_id[l];
+            top.offer(sl.weight[l], j);
+            out.top_weight[l] = top.weight;
+            out.top_id[l] = top.id;
+        }
+    }
+    if (kStats) {
+        // the pixels' statistics, folded to STAT_LANES partial sums of the
+        // splat in a fixed order (lanes l, l + 2Q, l + Q, l + 3Q)
+        float* accum = ts.accum_lanes.data() + int64_t(j) * STAT_LANES;
+        float* maxw = ts.max_lanes.data() + int64_t(j) * STAT_LANES;
+        int32_t* hits = ts.hit_lanes.data() + int64_t(j) * STAT_LANES;
+        constexpr int Q = STAT_LANES;
+#pragma omp simd
+        for (int l = 0; l < Q; ++l) {
+            float w[4], pw[4];
+            for (int q = 0; q < 4; ++q) {  // lanes l, l + 2Q, l + Q, l + 3Q
+                w[q] = sl.weight[l + ((q & 1) * 2 + (q >> 1)) * Q];
+                pw[q] = sl.pixel_weight[l + ((q & 1) * 2 + (q >> 1)) * Q];
+            }
+            float acc_w[4], max_w[4];
+            int32_t hit[4];
+            for (int q = 0; q < 4; ++q) {
+                const dgr::SplatStats p = dgr::pixel_stats(w[q], pw[q]);
+                const bool blended = w[q] >= 0.f;
+                acc_w[q] = blended ? p.accum_weight : 0.f;
+                max_w[q] = blended ? p.max_weight : 0.f;
+                hit[q] = blended ? p.hit_count : 0;
+            }
+            dgr::SplatStats a{acc_w[0], max_w[0], hit[0], 0}, c{acc_w[2], max_w[2], hit[2], 0};
+            dgr::merge_stats(a, dgr::SplatStats{acc_w[1], max_w[1], hit[1], 0});
+            dgr::merge_stats(c, dgr::SplatStats{acc_w[3], max_w[3], hit[3], 0});
+            dgr::merge_stats(a, c);
+            dgr::SplatStats fold{accum[l], maxw[l], hits[l], 0};
+            dgr::merge_stats(fold, a);
+            accum[l] = fold.accum_weight;
+            maxw[l] = fold.max_weight;
+            hits[l] = fold.hit_count;
+        }
+    }
+    return any_lane(out.running);
+}
+
+// Front to back over the block's splats, all pixels of the block at once.
+template <bool kStats>
+DGR_INLINE void forward_block(const ForwardArgs& a, TileSplats& ts, const int32_t* list, int64_t count,
+                              const PixelRect& r) {
+    BlockLanes b;
+    b.init(a.frame, r);
+    ForwardLanes A, B;
+    StatsLanes sl;
+    for (int l = 0; l < LANES; ++l) {
+        const dgr::PixelAccumulator acc;
+        A.T[l] = acc.T;
+        for (int k = 0; k < NF; ++k) A.feature[k][l] = acc.feature[k];
+        A.last[l] = 0;
+        A.running[l] = b.inside[l];
+        sl.pixel_weight[l] = kStats && a.pixel_weight != nullptr && b.inside[l] ? a.pixel_weight[b.pix[l]] : 1.0f;
+        const dgr::TopContributor<int32_t> top;
+        A.top_weight[l] = top.weight;
+        A.top_id[l] = top.id;
+    }
+    const ForwardLanes* fin = &A;
+    for (int64_t i = 0; i < count;) {
+        fin = &B;
+        if (!forward_step<kStats>(A, B, ts, list[i++], b, sl) || i == count) break;
+        fin = &A;
+        if (!forward_step<kStats>(B, A, ts, list[i++], b, sl)) break;
+    }
+    const int64_t HW = a.frame.H * a.frame.W;
+    for (int l = 0; l < LANES; ++l) {
+        if (!b.inside[l]) continue;
+        dgr::PixelAccumulator acc;
+        acc.T = fin->T[l];
+        for (int k = 0; k < NF; ++k) acc.feature[k] = fin->feature[k][l];
+        const int64_t pix = b.pix[l];
+        for (int ch = 0; ch < dgr::NUM_CHANNELS; ++ch) a.color[ch * HW + pix] = acc.final_color(ch, a.bg);
+        a.importance[pix] = acc.importance();
+        a.invdepth[pix] = acc.invdepth();
+        a.final_T[pix] = acc.T;
+        a.n_contrib[pix] = fin->last[l];
+        if (kStats && fin->top_id[l] >= 0) ts.top_count[fin->top_id[l]] += 1;
+    }
+}
+
+DGR_MULTIVERSION void forward_tile(const ForwardArgs& a, int64_t tile) {
+    TileSplats& ts = thread_scratch();
+    const PixelRect rect = a.frame.tile_rect(tile);
+    const int64_t begin = a.ranges[tile], end = a.ranges[tile + 1];
+    load_tile(ts, a.src, a.points, begin, end, rect, a.cull);
+    const bool stats = a.entry_stats != nullptr;
+    const int64_t m = ts.count;
+    if (stats) {
+        std::fill_n(ts.accum_lanes.data(), m * STAT_LANES, 0.f);  // (fill_n: the buffers may still be empty)
+        std::fill_n(ts.max_lanes.data(), m * STAT_LANES, 0.f);
+        std::fill_n(ts.hit_lanes.data(), m * STAT_LANES, 0);
+        std::fill_n(ts.top_count.data(), m, 0);
+    }
+    for (int blk = 0; blk < BLOCKS_X * BLOCKS_Y; ++blk) {
+        const PixelRect r = a.frame.block_rect(rect, blk);
+        if (r.empty()) continue;
+        const int64_t count = block_list(ts, r, a.cull);
+        if (stats)
+            forward_block<true>(a, ts, ts.list.data(), count, r);
+        else
+            forward_block<false>(a, ts, ts.list.data(), count, r);
+    }
+    if (!stats) return;
+    // every entry of the tile gets its statistics (zero for the culled ones)
+    for (int64_t p = 0, j = 0; p < end - begin; ++p) {
+        dgr::SplatStats& e = a.entry_stats[begin + p];  // fields written one by one (no struct copy)
+        const bool kept = j < m && ts.position[j] == p;
+        const int32_t hits = kept ? lane_count<STAT_LANES>(ts.hit_lanes.data() + j * STAT_LANES) : 0;
+        if (hits > 0) {  // (else its partial sums are all zero)
+            e.accum_weight = lane_sum<STAT_LANES>(ts.accum_lanes.data() + j * STAT_LANES);
+            e.max_weight = lane_max<STAT_LANES>(ts.max_lanes.data() + j * STAT_LANES);
+            e.hit_count = hits;
+            e.top_count = ts.top_count[j];
+        } else {
+            e.accum_weight = 0.f;
+            e.max_weight = 0.f;
+            e.hit_count = 0;
+            e.top_count = 0;
+        }
+        j += kept ? 1 : 0;
+    }
+}
+
+struct BackwardArgs {
+    Frame frame;
+    dgr::SplatSource src;
+    const int64_t* ranges;
+    const int32_t* points;
+    const float* bg;
+    bool cull;
+    const float* final_T;
+    const int* n_contrib;
+    const float* dL_dcolor;
+    const float* dL_dimportance;
+    const float* dL_dinvdepth;
+    const float* dL_dalpha;
+    float half_w, half_h;
+    const int64_t* entry_slot;   // [E]: the slot of each entry (inverse of slot_entries)
+    dgr::SplatGrad* slot_grads;  // [E]: per (Gaussian, tile) gradient, in slot order
+};
+
+// The per-lane state of the backward that changes from splat to splat, in
+// two copies (see ForwardLanes), and what stays.
+struct BackwardLanes {
+    alignas(64) float T[LANES];
+    alignas(64) float behind[NF][LANES];
+};
+struct BackwardPixels {
+    alignas(64) float T_final[LANES];
+    alignas(64) float final_T_term[LANES];
+    alignas(64) float up[NF][LANES];
+    alignas(64) int32_t n_contrib[LANES];
+    alignas(64) float grad[dgr::SPLAT_GRAD_FLOATS][LANES];  // this step's gradient, per pixel
+    alignas(64) int32_t active[LANES];
+};
+
+// One splat (entry j of the tile) over all pixels of the block, back to
+// front: in -> out; adds its gradient, summed over the block, to ts.grads[j].
+DGR_INLINE void backward_step(const BackwardLanes& in, BackwardLanes& out, TileSplats& ts, int32_t j,
+                              const BlockLanes& b, BackwardPixels& bp, float half_w, float half_h) {
+    const dgr::Splat s = ts.splat(j);
+    const dgr::SplatFeatures f = ts.features(j);
+    const int32_t position = ts.position[j];
+#pragma omp simd
+    for (int l = 0; l < LANES; ++l) {
+        const float dx = s.mean.x - b.px[l], dy = s.mean.y - b.py[l];
+        float alpha, G;
+        const bool pass = dgr::splat_alpha(s.conic_opacity, dx, dy, alpha, G);
+        const bool active = (position < bp.n_contrib[l]) & pass;
+        dgr::PixelBackward pb;
+        pb.T = in.T[l];
+        pb.T_final = bp.T_final[l];
+        pb.final_T_term = bp.final_T_term[l];
+        pb.up.alpha = 0.f;
+        for (int k = 0; k < NF; ++k) {
+            pb.up.feature[k] = bp.up[k][l];
+            pb.behind[k] = in.behind[k][l];
+        }
+        const dgr::SplatGrad sg = pb.step(s, dx, dy, alpha, G, f, half_w, half_h);
+        out.T[l] = active ? pb.T : in.T[l];
+        for (int k = 0; k < NF; ++k) out.behind[k][l] = active ? pb.behind[k] : in.behind[k][l];
+        bp.grad[0][l] = active ? sg.mean[0] : 0.f;
+        bp.grad[1][l] = active ? sg.mean[1] : 0.f;
+        bp.grad[2][l] = active ? sg.conic[0] : 0.f;
+        bp.grad[3][l] = active ? sg.conic[1] : 0.f;
+        bp.grad[4][l] = active ? sg.conic[2] : 0.f;
+        bp.grad[5][l] = active ? sg.opacity : 0.f;
+        for (int k = 0; k < NF; ++k) bp.grad[6 + k][l] = active ? sg.feature[k] : 0.f;
+        bp.active[l] = active ? 1 : 0;
+    }
+    if (!any_lane(bp.active)) return;
+    // Fold the block's lanes to GRAD_LANES in a fixed pairwise order and add
+    // them to the splat's partial sums; backward_tile finishes the sum once
+    // per splat (cheaper than a full tree over the lanes at every step).
+    float* acc = ts.grad_lanes.data() + int64_t(j) * GRAD_FLOATS * GRAD_LANES;
+    for (int k = 0; k < GRAD_FLOATS; ++k) {
+        const float* v = bp.grad[k];
+        float* a = acc + k * GRAD_LANES;
+#pragma omp simd
+        for (int l = 0; l < GRAD_LANES; ++l)
+            a[l] = a[l] + ((v[l] + v[l + 2 * GRAD_LANES]) + (v[l + GRAD_LANES] + v[l + 3 * GRAD_LANES]));
+    }
+}
+
+// Back to front over the block's splats, all pixels of the block at once;
+// adds each splat's gradient, summed over the block, to ts.grads.
+DGR_INLINE void backward_block(const BackwardArgs& a, TileSplats& ts, const int32_t* list, int64_t count,
+                               const PixelRect& r) {
+    BlockLanes b;
+    b.init(a.frame, r);
+    BackwardLanes A, B;
+    BackwardPixels bp;
+    const int64_t HW = a.frame.H * a.frame.W;
+    int32_t max_contrib = 0;
+    for (int l = 0; l < LANES; ++l) {
+        const int64_t pix = b.pix[l];
+        dgr::PixelUpstream u;
+        for (int ch = 0; ch < dgr::NUM_CHANNELS; ++ch) u.feature[ch] = b.inside[l] ? a.dL_dcolor[ch * HW + pix] : 0.f;
+        u.feature[dgr::FEATURE_IMPORTANCE] = b.inside[l] ? a.dL_dimportance[pix] : 0.f;
+        u.feature[dgr::FEATURE_INVDEPTH] = b.inside[l] ? a.dL_dinvdepth[pix] : 0.f;
+        u.alpha = b.inside[l] ? a.dL_dalpha[pix] : 0.f;
+        dgr::PixelBackward pb;
+        pb.init(b.inside[l] ? a.final_T[pix] : 1.f, u, a.bg);
+        A.T[l] = pb.T;
+        bp.T_final[l] = pb.T_final;
+        bp.final_T_term[l] = pb.final_T_term;
+        for (int k = 0; k < NF; ++k) {
+            bp.up[k][l] = pb.up.feature[k];
+            A.behind[k][l] = pb.behind[k];
+        }
+        bp.n_contrib[l] = b.inside[l] ? a.n_contrib[pix] : 0;
+        max_contrib = std::max(max_contrib, bp.n_contrib[l]);
+    }
+    // start at the last splat of the list that some pixel blended
+    int64_t i = count;
+    while (i > 0 && ts.position[list[i - 1]] >= max_contrib) --i;
+    while (i > 0) {
+        backward_step(A, B, ts, list[--i], b, bp, a.half_w, a.half_h);
+        if (i == 0) break;
+        backward_step(B, A, ts, list[--i], b, bp, a.half_w, a.half_h);
+    }
+}
+
+DGR_MULTIVERSION void backward_tile(const BackwardArgs& a, int64_t tile) {
+    TileSplats& ts = thread_scratch();
+    const PixelRect rect = a.frame.tile_rect(tile);
+    const int64_t begin = a.ranges[tile], end = a.ranges[tile + 1];
+    load_tile(ts, a.src, a.points, begin, end, rect, a.cull);
+    const int64_t m = ts.count;
+    std::fill_n(ts.grad_lanes.data(), m * GRAD_FLOATS * GRAD_LANES, 0.f);  // (fill_n: the buffer may still be empty)
+    for (int blk = 0; blk < BLOCKS_X * BLOCKS_Y; ++blk) {
+        const PixelRect r = a.frame.block_rect(rect, blk);
+        if (r.empty()) continue;
+        const int64_t count = block_list(ts, r, a.cull);
+        backward_block(a, ts, ts.list.data(), count, r);
+    }
+    // every entry of the tile gets its gradient (zero for the culled ones),
+    // written where its Gaussian's pass 2 reads it
+    const int64_t* slot = a.entry_slot + begin;
+    float* lanes = ts.grad_lanes.data();
+    for (int64_t p = 0, j = 0; p < end - begin; ++p) {
+        float* out = reinterpret_cast<float*>(a.slot_grads + slot[p]);
+        if (j < m && ts.position[j] == p) {
+            for (int k = 0; k < GRAD_FLOATS; ++k) out[k] = lane_sum<GRAD_LANES>(lanes + (j * GRAD_FLOATS + k) * GRAD_LANES);
+            ++j;
+        } else {
+            for (int k = 0; k < GRAD_FLOATS; ++k) out[k] = 0.f;
+        }
+    }
+}
 
 // What the forward hands to the backward, by name. The order of
 // to_vector() is the order documented in rasterize_points.h.
@@ -179,19 +823,30 @@ std::vector<torch::Tensor> rasterize_forward_cpu(
 
     auto f32 = torch::TensorOptions().dtype(torch::kFloat32);
     auto i32 = torch::TensorOptions().dtype(torch::kInt32);
-    torch::Tensor radii = torch::zeros({P}, i32);
-    torch::Tensor means2D = torch::zeros({P, 2}, f32);
-    torch::Tensor depths = torch::zeros({P}, f32);
-    torch::Tensor conic_opacity = torch::zeros({P, 4}, f32);
-    torch::Tensor colors = torch::zeros({P, 3}, f32);
-    torch::Tensor tile_rects = torch::zeros({P, 4}, i32);
-    torch::Tensor tiles_touched = torch::zeros({P}, i32);
+    // Not zeroed here: the preprocess loop writes every entry (zeros for the
+    // culled Gaussians), in parallel.
+    torch::Tensor radii = torch::empty({P}, i32);
+    torch::Tensor means2D = torch::empty({P, 2}, f32);
+    torch::Tensor depths = torch::empty({P}, f32);
+    torch::Tensor conic_opacity = torch::empty({P, 4}, f32);
+    torch::Tensor colors = torch::empty({P, 3}, f32);
+    torch::Tensor tile_rects = torch::empty({P, 4}, i32);
+    torch::Tensor tiles_touched = torch::empty({P}, i32);
     dgr::ProjectedGaussians proj{radii.data_ptr<int>(),           means2D.data_ptr<float>(),
                                  depths.data_ptr<float>(),        conic_opacity.data_ptr<float>(),
                                  colors.data_ptr<float>(),        tile_rects.data_ptr<int>(),
                                  tiles_touched.data_ptr<int>()};
     at::parallel_for(0, P, 1024, [&](int64_t begin, int64_t end) {
-        for (int64_t i = begin; i < end; ++i) dgr::preprocess_gaussian(int(i), in, cam, grid.grid_x, grid.grid_y, proj);
+        for (int64_t i = begin; i < end; ++i) {
+            dgr::preprocess_gaussian(int(i), in, cam, grid.grid_x, grid.grid_y, proj);
+            if (proj.tiles_touched[i] == 0) {  // culled: the fields preprocess_gaussian leaves alone
+                std::fill_n(proj.means2D + 2 * i, 2, 0.f);
+                proj.depths[i] = 0.f;
+                std::fill_n(proj.conic_opacity + 4 * i, 4, 0.f);
+                std::fill_n(proj.colors + 3 * i, 3, 0.f);
+                std::fill_n(proj.tile_rects + 4 * i, 4, 0);
+            }
+        }
     });
 
     Binning bins = bin_gaussians(depths, tile_rects, tiles_touched, grid);
@@ -214,47 +869,25 @@ std::vector<torch::Tensor> rasterize_forward_cpu(
 
     // Statistics go per (Gaussian, tile) entry, owned by one tile: race free.
     const int64_t num_entries = bins.point_list.size(0);
-    std::vector<dgr::SplatStats> entry_stats(compute_stats ? num_entries : 0, dgr::SplatStats{0.f, 0.f, 0, 0});
-    const float* pixel_weight = compute_stats ? ptr_or_null<float>(pixel_weights) : nullptr;
+    std::unique_ptr<dgr::SplatStats[]> entry_stats;
+    if (compute_stats)  // not zeroed: every tile writes all of its entries
+        entry_stats.reset(new dgr::SplatStats[size_t(std::max<int64_t>(num_entries, 1))]);
 
-    // stats_flag is std::true_type or std::false_type: without statistics the
-    // pixel loop carries no trace of them.
-    auto render = [&](auto stats_flag) {
-        constexpr bool kStats = decltype(stats_flag)::value;
-        parallel_for_dynamic(grid.num_tiles(), [&](int64_t tile) {
-            TileSplats ts;
-            ts.load(src, points, ranges[tile], ranges[tile + 1]);
-            const int64_t n = ranges[tile + 1] - ranges[tile];
-            dgr::SplatStats* stats = kStats ? entry_stats.data() + ranges[tile] : nullptr;
-            for_each_pixel(tile, grid, H, W, [&](float x, float y, int64_t pix) {
-                dgr::PixelAccumulator acc;
-                dgr::PixelTopContributor top;
-                const float pw = kStats && pixel_weight != nullptr ? pixel_weight[pix] : 1.0f;
-                int last = 0;
-                for (int64_t j = 0; j < n; ++j) {
-                    const dgr::Splat& s = ts.splats[j];
-                    float alpha, G;
-                    if (!dgr::splat_alpha(s.conic_opacity, s.mean.x - x, s.mean.y - y, alpha, G)) continue;
-                    if (!acc.blend(alpha, ts.features[j])) break;
-                    last = int(j + 1);
-                    if (kStats) {
-                        dgr::add_pixel_to_stats(stats[j], acc.last_weight, pw);
-                        top.offer(acc.last_weight, j);
-                    }
-                }
-                if (kStats && top.id >= 0) stats[top.id].top_count += 1;
-                for (int ch = 0; ch < 3; ++ch) color_px[ch * H * W + pix] = acc.final_color(ch, bg);
-                importance_px[pix] = acc.importance();
-                invdepth_px[pix] = acc.invdepth();
-                final_T_px[pix] = acc.T;
-                n_contrib_px[pix] = last;
-            });
-        });
-    };
-    if (compute_stats)
-        render(std::true_type{});
-    else
-        render(std::false_type{});
+    ForwardArgs args;
+    args.frame = Frame{H, W, grid};
+    args.src = src;
+    args.ranges = ranges;
+    args.points = points;
+    args.bg = bg;
+    args.cull = culling_enabled();
+    args.color = color_px;
+    args.importance = importance_px;
+    args.invdepth = invdepth_px;
+    args.final_T = final_T_px;
+    args.n_contrib = n_contrib_px;
+    args.entry_stats = entry_stats.get();
+    args.pixel_weight = compute_stats ? ptr_or_null<float>(pixel_weights) : nullptr;
+    parallel_for_dynamic(grid.num_tiles(), [&](int64_t tile) { forward_tile(args, tile); });
 
     const ForwardState st{means2D,          depths,          conic_opacity,   colors,  tiles_touched,
                           bins.gaussian_offsets, bins.tile_ranges, bins.point_list, bins.slot_entries, final_T,
@@ -275,14 +908,14 @@ std::vector<torch::Tensor> rasterize_forward_cpu(
         int* hits = hit_count.data_ptr<int>();
         int* tops = top_count.data_ptr<int>();
         at::parallel_for(0, P, 1024, [&](int64_t begin, int64_t end) {
-            for (int64_t i = begin; i < end; ++i)
-                for (int64_t k = offsets[i]; k < offsets[i + 1]; ++k) {
-                    const dgr::SplatStats& e = entry_stats[slots[k]];
-                    accum[i] += e.accum_weight;
-                    maxw[i] = std::max(maxw[i], e.max_weight);
-                    hits[i] += e.hit_count;
-                    tops[i] += e.top_count;
-                }
+            for (int64_t i = begin; i < end; ++i) {
+                dgr::SplatStats sum{0.f, 0.f, 0, 0};
+                for (int64_t k = offsets[i]; k < offsets[i + 1]; ++k) dgr::merge_stats(sum, entry_stats[slots[k]]);
+                accum[i] = sum.accum_weight;
+                maxw[i] = sum.max_weight;
+                hits[i] = sum.hit_count;
+                tops[i] = sum.top_count;
+            }
         });
     }
     for (const torch::Tensor& t : {accum_weight, hit_count, max_weight, top_count}) result.push_back(t);
@@ -307,71 +940,79 @@ std::vector<torch::Tensor> rasterize_backward_cpu(
     const TileGrid grid = make_grid(H, W);
 
     // Pass 1, per tile: each pixel walks its splats back to front; the
-    // gradient of entry e goes to entry_grads[e], owned by this tile alone.
+    // gradient of entry e (owned by its tile alone) goes to slot_grads at the
+    // slot of e, so that pass 2 reads each Gaussian's entries contiguously.
     const int64_t num_entries = st.point_list.size(0);
-    std::vector<dgr::SplatGrad> entry_grads(num_entries);
-    std::memset(entry_grads.data(), 0, sizeof(dgr::SplatGrad) * num_entries);
-    const int64_t* ranges = st.tile_ranges.data_ptr<int64_t>();
-    const int32_t* points = st.point_list.data_ptr<int32_t>();
-    const float* final_T = st.final_T.data_ptr<float>();
-    const int* n_contrib = st.n_contrib.data_ptr<int>();
-    const float* dL_dpix = dL_dcolor.data_ptr<float>();
-    const float* dL_dimp = dL_dimportance.data_ptr<float>();
-    const float* dL_dinv = dL_dinvdepth.data_ptr<float>();
-    const float* dL_dalp = dL_dalpha.data_ptr<float>();
-    const float* bg = background.data_ptr<float>();
-    const float half_w = 0.5f * float(W), half_h = 0.5f * float(H);
-    const dgr::SplatSource src{st.means2D.data_ptr<float>(), st.conic_opacity.data_ptr<float>(),
-                               st.colors.data_ptr<float>(), importances.data_ptr<float>(), st.depths.data_ptr<float>()};
-    parallel_for_dynamic(grid.num_tiles(), [&](int64_t tile) {
-        TileSplats ts;
-        ts.load(src, points, ranges[tile], ranges[tile + 1]);
-        dgr::SplatGrad* grads = entry_grads.data() + ranges[tile];
-        for_each_pixel(tile, grid, H, W, [&](float x, float y, int64_t pix) {
-            dgr::PixelUpstream up;
-            for (int ch = 0; ch < 3; ++ch) up.feature[ch] = dL_dpix[ch * H * W + pix];
-            up.feature[dgr::FEATURE_IMPORTANCE] = dL_dimp[pix];
-            up.feature[dgr::FEATURE_INVDEPTH] = dL_dinv[pix];
-            up.alpha = dL_dalp[pix];
-            dgr::PixelBackward pb;
-            pb.init(final_T[pix], up, bg);
-            for (int j = n_contrib[pix] - 1; j >= 0; --j) {
-                const dgr::Splat& s = ts.splats[j];
-                const float dx = s.mean.x - x, dy = s.mean.y - y;
-                float alpha, G;
-                if (!dgr::splat_alpha(s.conic_opacity, dx, dy, alpha, G)) continue;
-                add_splat_grad(grads[j], pb.step(s, dx, dy, alpha, G, ts.features[j], half_w, half_h));
-            }
-        });
-    });
+    const int64_t* offsets = st.gaussian_offsets.data_ptr<int64_t>();
+    const int64_t* slots = st.slot_entries.data_ptr<int64_t>();
+    const std::unique_ptr<int64_t[]> entry_slot = entry_slots(slots, num_entries);
+    // (not zeroed here: every tile writes all of its entries)
+    std::unique_ptr<dgr::SplatGrad[]> slot_grads(new dgr::SplatGrad[size_t(num_entries)]);
+    BackwardArgs args;
+    args.frame = Frame{H, W, grid};
+    args.src = dgr::SplatSource{st.means2D.data_ptr<float>(), st.conic_opacity.data_ptr<float>(),
+                                st.colors.data_ptr<float>(), importances.data_ptr<float>(),
+                                st.depths.data_ptr<float>()};
+    args.ranges = st.tile_ranges.data_ptr<int64_t>();
+    args.points = st.point_list.data_ptr<int32_t>();
+    args.bg = background.data_ptr<float>();
+    args.cull = culling_enabled();
+    args.final_T = st.final_T.data_ptr<float>();
+    args.n_contrib = st.n_contrib.data_ptr<int>();
+    args.dL_dcolor = dL_dcolor.data_ptr<float>();
+    args.dL_dimportance = dL_dimportance.data_ptr<float>();
+    args.dL_dinvdepth = dL_dinvdepth.data_ptr<float>();
+    args.dL_dalpha = dL_dalpha.data_ptr<float>();
+    args.half_w = 0.5f * float(W);
+    args.half_h = 0.5f * float(H);
+    args.entry_slot = entry_slot.get();
+    args.slot_grads = slot_grads.get();
+    parallel_for_dynamic(grid.num_tiles(), [&](int64_t tile) { backward_tile(args, tile); });
 
     // Pass 2, per Gaussian: sum its entries in slot order (deterministic for
     // any thread count) and chain back through the preprocess.
     auto f32 = torch::TensorOptions().dtype(torch::kFloat32);
-    torch::Tensor g_means3D = torch::zeros({P, 3}, f32);
-    torch::Tensor g_means2D = torch::zeros({P, 3}, f32);
-    torch::Tensor g_opacities = torch::zeros({P}, f32);
-    torch::Tensor g_importances = torch::zeros({P}, f32);
-    torch::Tensor g_colors = torch::zeros({P, 3}, f32);
-    torch::Tensor g_shs = torch::zeros({P, std::max<int64_t>(in.sh_coeffs, 1), 3}, f32);
-    torch::Tensor g_cov3D = torch::zeros({P, 6}, f32);
-    torch::Tensor g_scales = torch::zeros({P, 3}, f32);
-    torch::Tensor g_rotations = torch::zeros({P, 4}, f32);
+    // Not zeroed here: the loop below writes every row, in parallel (zeros
+    // for culled Gaussians and for the inputs that were not given).
+    const int64_t sh_rows = std::max<int64_t>(in.sh_coeffs, 1);
+    torch::Tensor g_means3D = torch::empty({P, 3}, f32);
+    torch::Tensor g_means2D = torch::empty({P, 3}, f32);
+    torch::Tensor g_opacities = torch::empty({P}, f32);
+    torch::Tensor g_importances = torch::empty({P}, f32);
+    torch::Tensor g_colors = torch::empty({P, 3}, f32);
+    torch::Tensor g_shs = torch::empty({P, sh_rows, 3}, f32);
+    torch::Tensor g_cov3D = torch::empty({P, 6}, f32);
+    torch::Tensor g_scales = torch::empty({P, 3}, f32);
+    torch::Tensor g_rotations = torch::empty({P, 4}, f32);
     const dgr::GaussianGrads out{g_means3D.data_ptr<float>(),     g_means2D.data_ptr<float>(),
                                  g_opacities.data_ptr<float>(),   g_importances.data_ptr<float>(),
                                  g_colors.data_ptr<float>(),      g_shs.data_ptr<float>(),
                                  g_cov3D.data_ptr<float>(),       g_scales.data_ptr<float>(),
                                  g_rotations.data_ptr<float>()};
     const int* touched = st.tiles_touched.data_ptr<int>();
-    const int64_t* offsets = st.gaussian_offsets.data_ptr<int64_t>();
-    const int64_t* slots = st.slot_entries.data_ptr<int64_t>();
+    // which gradients preprocess_gaussian_backward writes for a visible Gaussian
+    const bool colors_given = in.colors_precomp != nullptr, cov3D_given = in.cov3D_precomp != nullptr;
     at::parallel_for(0, P, 256, [&](int64_t begin, int64_t end) {
         for (int64_t i = begin; i < end; ++i) {
-            if (touched[i] == 0) continue;
-            dgr::SplatGrad sum;
-            std::memset(&sum, 0, sizeof(sum));
-            for (int64_t k = offsets[i]; k < offsets[i + 1]; ++k) add_splat_grad(sum, entry_grads[slots[k]]);
-            dgr::preprocess_gaussian_backward(int(i), in, cam, grid.grid_x, grid.grid_y, sum, out);
+            const bool visible = touched[i] != 0;
+            if (visible) {
+                dgr::SplatGrad sum;
+                std::memset(&sum, 0, sizeof(sum));
+                for (int64_t k = offsets[i]; k < offsets[i + 1]; ++k) add_splat_grad(sum, slot_grads[k]);
+                dgr::preprocess_gaussian_backward(int(i), in, cam, grid.grid_x, grid.grid_y, sum, out);
+            } else {
+                std::fill_n(out.means3D + 3 * i, 3, 0.f);
+                std::fill_n(out.means2D + 3 * i, 3, 0.f);
+                out.opacities[i] = 0.f;
+                out.importances[i] = 0.f;
+            }
+            if (!visible || !colors_given) std::fill_n(out.colors_precomp + 3 * i, 3, 0.f);
+            if (!visible || colors_given) std::fill_n(out.shs + 3 * sh_rows * i, 3 * sh_rows, 0.f);
+            if (!visible || !cov3D_given) std::fill_n(out.cov3D_precomp + 6 * i, 6, 0.f);
+            if (!visible || cov3D_given) {
+                std::fill_n(out.scales + 3 * i, 3, 0.f);
+                std::fill_n(out.rotations + 4 * i, 4, 0.f);
+            }
         }
     });
     return {g_means3D, g_means2D, g_opacities, g_importances, g_colors, g_shs, g_cov3D, g_scales, g_rotations};

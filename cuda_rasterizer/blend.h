@@ -5,6 +5,8 @@
 
 #include "config.h"
 
+#include <string.h>  // memcpy (splat_exp on the host)
+
 namespace dgr {
 
 // A splat as the per-pixel loop reads it.
@@ -42,15 +44,101 @@ RASTER_HD void load_splat(const SplatSource& src, int64_t g, Splat& s, SplatFeat
     f.v[FEATURE_INVDEPTH] = 1.0f / src.depths[g];
 }
 
+// exp() of the splat exponent. The GPU uses expf. The host uses the
+// branch-free form below so that loops over pixels vectorise (a libm call
+// does not): Cody-Waite reduction x = n ln2 + r, |r| <= ln2 / 2, Cephes'
+// degree-6 polynomial for exp(r), and 2^n put into the exponent bits. Over
+// every float in [-87.3, 0] it is within 0.98 ulp of the exact value (glibc's
+// expf: 0.5); below -87.34 (where exp is subnormal) it returns 0, above 88 it
+// saturates, NaN stays NaN. Pure float arithmetic, so it gives the same bits
+// on any x86-64 (SSE2, AVX2, AVX-512) as long as no FMA contraction happens
+// (setup.py builds with -ffp-contract=off).
+RASTER_HD float splat_exp(float x) {
+#if defined(__CUDA_ARCH__)
+    return expf(x);
+#else
+    const float lo = -87.33654475f;  // ln(2^-126): 2^n stays a normal float
+    float xc = x < lo ? lo : x;
+    xc = xc > 88.0f ? 88.0f : xc;
+    const float shifter = 12582912.0f;  // 1.5 * 2^23: adding it rounds to an integer
+    const float t = xc * 1.44269504088896341f + shifter;
+    const float n = t - shifter;  // round(x / ln2)
+    float r = xc - n * 0.693359375f;
+    r = r - n * -2.12194440e-4f;
+    float p = 1.9875691500e-4f;
+    p = p * r + 1.3981999507e-3f;
+    p = p * r + 8.3334519073e-3f;
+    p = p * r + 4.1665795894e-2f;
+    p = p * r + 1.6666665459e-1f;
+    p = p * r + 5.0000001201e-1f;
+    p = p * (r * r) + r + 1.0f;
+    int32_t t_bits, shifter_bits;
+    memcpy(&t_bits, &t, sizeof(float));
+    memcpy(&shifter_bits, &shifter, sizeof(float));
+    const int32_t scale_bits = (t_bits - shifter_bits + 127) << 23;  // 2^n
+    float scale;
+    memcpy(&scale, &scale_bits, sizeof(float));
+    return x < lo ? 0.0f : p * scale;
+#endif
+}
+
+// The exponent of a splat at offset (dx, dy) = mean - pixel.
+RASTER_HD float splat_power(const glm::vec4& co, float dx, float dy) {
+    return -0.5f * (co.x * dx * dx + co.z * dy * dy) - co.y * dx * dy;
+}
+
+// alpha = min(0.99, opacity G), written so that a NaN product gives 0.99 as
+// fminf does.
+RASTER_HD float clamp_alpha(float opacity_G) { return opacity_G < ALPHA_MAX ? opacity_G : ALPHA_MAX; }
+
 // Evaluates a splat at offset (dx, dy) = mean - pixel. Returns false when
 // the pixel skips it (power > 0 or alpha < 1/255); otherwise sets alpha and
-// the unclamped Gaussian value G = exp(power).
+// the unclamped Gaussian value G = exp(power). Branch-free (alpha and G are
+// set either way; `&` rather than `&&` on the conditions), so that loops over
+// pixels vectorise.
 RASTER_HD bool splat_alpha(const glm::vec4& co, float dx, float dy, float& alpha, float& G) {
-    const float power = -0.5f * (co.x * dx * dx + co.z * dy * dy) - co.y * dx * dy;
-    if (power > 0.0f) return false;
-    G = expf(power);
-    alpha = fminf(ALPHA_MAX, co.w * G);
-    return alpha >= ALPHA_MIN;
+    const float power = splat_power(co, dx, dy);
+    G = splat_exp(power);
+    const float opacity_G = co.w * G;
+    alpha = clamp_alpha(opacity_G);
+    return !(power > 0.0f) & !(opacity_G < ALPHA_MIN);  // alpha >= 1/255 (also where opacity G is NaN)
+}
+
+// q = A dx^2 + 2 B dx dy + C dy^2 (= -2 power) and a clamp, for splat_may_touch_rect.
+RASTER_HD float quadratic_form(float A, float B, float C, float dx, float dy) {
+    return A * dx * dx + 2.0f * B * dx * dy + C * dy * dy;
+}
+RASTER_HD float clamp_to(float v, float lo, float hi) { return v < lo ? lo : (v > hi ? hi : v); }
+
+// Whether the splat may be blended anywhere in the rectangle [x0, x1] x
+// [y0, y1] of pixel coordinates. False only when splat_alpha() is false at
+// every pixel centre in it, whatever the rounding of its float arithmetic:
+// with q = -2 power = A dx^2 + 2 B dx dy + C dy^2 (positive definite), the
+// minimum of q over the rectangle (at the splat's centre if inside, else on
+// an edge, at the edge's 1D minimiser clamped to the edge) is lowered by a
+// relative margin that bounds the rounding of q at a pixel and here, and the
+// bound opacity exp(-q_min / 2) must stay below 1/255 by another margin
+// (0.1%, far above the error of splat_exp). A form that is not clearly
+// positive definite (or anything NaN) keeps the splat. Drivers use it to drop
+// splats from a tile or a block of pixels without changing any result.
+RASTER_HD bool splat_may_touch_rect(const Splat& s, float x0, float y0, float x1, float y1) {
+    const float A = s.conic_opacity.x, B = s.conic_opacity.y, C = s.conic_opacity.z;
+    const float dx_lo = s.mean.x - x1, dx_hi = s.mean.x - x0;  // dx = mean - pixel over the rectangle
+    const float dy_lo = s.mean.y - y1, dy_hi = s.mean.y - y0;
+    const float ky = -B / C, kx = -B / A;  // along an edge dx = e, q is smallest at dy = ky e
+    const float q0 = quadratic_form(A, B, C, dx_lo, clamp_to(ky * dx_lo, dy_lo, dy_hi));
+    const float q1 = quadratic_form(A, B, C, dx_hi, clamp_to(ky * dx_hi, dy_lo, dy_hi));
+    const float q2 = quadratic_form(A, B, C, clamp_to(kx * dy_lo, dx_lo, dx_hi), dy_lo);
+    const float q3 = quadratic_form(A, B, C, clamp_to(kx * dy_hi, dx_lo, dx_hi), dy_hi);
+    const float q01 = q0 < q1 ? q0 : q1, q23 = q2 < q3 ? q2 : q3;
+    const bool centre_inside = (dx_lo <= 0.0f) & (dx_hi >= 0.0f) & (dy_lo <= 0.0f) & (dy_hi >= 0.0f);
+    const float q_min = centre_inside ? 0.0f : (q01 < q23 ? q01 : q23);
+    // |rounding of q| <= ~50 eps q (A C / det): A dx^2 + C dy^2 + 2|B dx dy| <= 4 (A C / det) q
+    const float det = A * C - B * B;
+    const float margin = 128.0f * 1.1920929e-7f * (A * C / det);
+    const bool definite = (A > 0.0f) & (C > 0.0f) & (det > 0.0f) & (margin < 0.5f);
+    const float alpha_bound = s.conic_opacity.w * splat_exp(-0.5f * (q_min * (1.0f - margin)));
+    return !(definite & (alpha_bound < 0.999f * ALPHA_MIN));
 }
 
 // Front-to-back accumulation of one pixel: colour, importance and inverse
@@ -60,16 +148,27 @@ struct PixelAccumulator {
     float feature[NUM_FEATURES] = {};
     float last_weight = 0.0f;  // alpha T of the splat blended last
 
+    // Blends the splat where `active` (and does nothing elsewhere), branch-free
+    // so that loops over pixels vectorise. Returns whether it blended; sets
+    // `finished` when the pixel is done: this splat would drop T below the
+    // floor, so it is not blended and the pixel stops.
+    RASTER_HD bool blend_if(bool active, float alpha, const SplatFeatures& f, bool& finished) {
+        const float test_T = T * (1.0f - alpha);
+        const bool stop = active & (test_T < TRANSMITTANCE_MIN);
+        const bool take = active & !stop;
+        const float w = alpha * T;
+        for (int k = 0; k < NUM_FEATURES; ++k) feature[k] = take ? feature[k] + f.v[k] * w : feature[k];
+        last_weight = take ? w : last_weight;
+        T = take ? test_T : T;
+        finished = finished | stop;
+        return take;
+    }
+
     // Returns false (and blends nothing) when this splat would drop T below
     // the floor: the pixel is finished.
     RASTER_HD bool blend(float alpha, const SplatFeatures& f) {
-        const float test_T = T * (1.0f - alpha);
-        if (test_T < TRANSMITTANCE_MIN) return false;
-        const float w = alpha * T;
-        for (int k = 0; k < NUM_FEATURES; ++k) feature[k] += f.v[k] * w;
-        last_weight = w;
-        T = test_T;
-        return true;
+        bool finished = false;
+        return blend_if(true, alpha, f, finished);
     }
 
     // The pixel's colour: what was blended plus the background seen through T.
@@ -90,24 +189,36 @@ struct SplatStats {
 };
 
 // What one pixel adds to a blended splat's statistics (its top_count is
-// added once per pixel, through PixelTopContributor).
+// added once per pixel, through PixelTopContributor), and how two partial
+// statistics of one splat combine (drivers that sum over pixels in another
+// order, e.g. a tree over a vector of pixels, use these two).
+RASTER_HD SplatStats pixel_stats(float weight, float pixel_weight) {
+    return SplatStats{pixel_weight * weight, weight, 1, 0};
+}
+RASTER_HD void merge_stats(SplatStats& s, const SplatStats& other) {
+    s.accum_weight += other.accum_weight;
+    s.max_weight = other.max_weight > s.max_weight ? other.max_weight : s.max_weight;  // fmaxf: no NaN here
+    s.hit_count += other.hit_count;
+    s.top_count += other.top_count;
+}
 RASTER_HD void add_pixel_to_stats(SplatStats& s, float weight, float pixel_weight) {
-    s.accum_weight += pixel_weight * weight;
-    s.max_weight = fmaxf(s.max_weight, weight);
-    s.hit_count += 1;
+    merge_stats(s, pixel_stats(weight, pixel_weight));
 }
 
 // The splat with the largest alpha T at a pixel; the front-most one on ties.
-struct PixelTopContributor {
+// Id is whatever the driver uses to name the splat (the CPU's vectorised
+// loops want a 32-bit one); offer() is branch-free.
+template <typename Id>
+struct TopContributor {
     float weight = -1.0f;
-    int64_t id = -1;  // whatever the driver uses to name the splat
-    RASTER_HD void offer(float w, int64_t splat_id) {
-        if (w > weight) {
-            weight = w;
-            id = splat_id;
-        }
+    Id id = -1;
+    RASTER_HD void offer(float w, Id splat_id) {
+        const bool better = w > weight;
+        weight = better ? w : weight;
+        id = better ? splat_id : id;
     }
 };
+using PixelTopContributor = TopContributor<int64_t>;
 
 // Gradient of the loss with respect to one splat's screen-space parameters,
 // from one pixel (or summed over pixels). Plain floats so drivers can add
@@ -133,9 +244,7 @@ struct PixelBackward {
     float T_final;
     PixelUpstream up;
     float final_T_term;                 // dL/dT_final = bg . dL/dcolor - dL/dalpha_map
-    float behind[NUM_FEATURES];         // features accumulated behind, as if T = 1 there
-    float last_alpha;
-    float last[NUM_FEATURES];
+    float behind[NUM_FEATURES];         // features accumulated behind the next splat, as if T = 1 there
 
     RASTER_HD void init(float final_T, const PixelUpstream& upstream, const float* bg) {
         T = final_T;
@@ -143,15 +252,11 @@ struct PixelBackward {
         up = upstream;
         final_T_term = -upstream.alpha;
         for (int ch = 0; ch < NUM_CHANNELS; ++ch) final_T_term += bg[ch] * upstream.feature[ch];
-        for (int k = 0; k < NUM_FEATURES; ++k) {
-            behind[k] = 0.f;
-            last[k] = 0.f;
-        }
-        last_alpha = 0.f;
+        for (int k = 0; k < NUM_FEATURES; ++k) behind[k] = 0.f;
     }
 
     // One splat that the forward pass blended, visited back to front: restores
-    // T in front of it and returns its gradient contribution.
+    // T in front of it and returns its gradient contribution. No branches.
     RASTER_HD SplatGrad step(const Splat& s, float dx, float dy, float alpha, float G, const SplatFeatures& f,
                              float half_width, float half_height) {
         SplatGrad g;
@@ -159,13 +264,12 @@ struct PixelBackward {
         const float w = alpha * T;
         float dL_dalpha = 0.f;
         for (int k = 0; k < NUM_FEATURES; ++k) {
-            behind[k] = last_alpha * last[k] + (1.f - last_alpha) * behind[k];
-            last[k] = f.v[k];
             dL_dalpha += (f.v[k] - behind[k]) * up.feature[k];
             g.feature[k] = w * up.feature[k];
+            // what the next splat (in front of this one) has behind it
+            behind[k] = alpha * f.v[k] + (1.f - alpha) * behind[k];
         }
         dL_dalpha *= T;
-        last_alpha = alpha;
         // T_final = prod(1 - alpha_j) feeds the background and the alpha map
         dL_dalpha += -T_final / (1.f - alpha) * final_T_term;
 

@@ -66,7 +66,7 @@ HD_CALL_ERRORS = ["-diag-error", "20011,20013,20014,20015"]
 
 # The nvcc flags of setup.py's CUDAExtension (keep in sync).
 SETUP_NVCC_FLAGS = ["-O3", "-std=c++17", "-Xcompiler", "-fno-gnu-unique"]
-SETUP_CXX_FLAGS = ["-O3", "-fopenmp"]
+SETUP_CXX_FLAGS = ["-O3", "-fopenmp", "-fno-math-errno", "-fno-trapping-math", "-ffp-contract=off"]
 
 
 def _glm_include():

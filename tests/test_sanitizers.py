@@ -199,12 +199,5 @@ def test_core_scenarios_under_address_and_undefined_behaviour_sanitizers(tmp_pat
     run_sanitized(tmp_path, [name for name, *_ in rs.core_scenarios() if name not in EMPTY])
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "UB found by UBSan ('runtime error: null pointer passed as argument 1, which is declared to never be null'): "
-    "with no entry to clear, the CPU backward calls std::memset(nullptr, 0, 0), UB even for 0 bytes (memset's "
-    "pointer is declared nonnull). Committed code: rasterize_backward_cpu, std::memset(entry_grads.data(), ...) with "
-    "an empty vector; in the vectorised rewrite: backward_tile, std::memset(ts.grads.data(), 0, ... * m) with m == 0 "
-    "while the thread's scratch vector is still empty. Fix: if (m > 0) before the memset (or std::fill_n, or "
-    "rely on std::vector value-initialisation)"))
 def test_scenes_without_tile_entries_under_sanitizers(tmp_path):
     run_sanitized(tmp_path, list(EMPTY))
