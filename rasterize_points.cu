@@ -85,8 +85,8 @@ Gaussians check_gaussians(const Checker& c, const torch::Tensor& means3D, const 
 
     Gaussians g;
     g.P = P;
-    g.in = gaussian_inputs(means3D, scales, rotations, cov3D_precomp, shs, colors_precomp, opacities, sh_degree,
-                           scale_modifier, antialiasing);
+    g.in = gaussian_inputs(means3D, scales, rotations, cov3D_precomp, shs, colors_precomp, opacities, importances,
+                           sh_degree, scale_modifier, antialiasing);
     return g;
 }
 

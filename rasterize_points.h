@@ -22,8 +22,8 @@ T* ptr_or_null(const torch::Tensor& t) {
 inline dgr::GaussianInputs gaussian_inputs(const torch::Tensor& means3D, const torch::Tensor& scales,
                                            const torch::Tensor& rotations, const torch::Tensor& cov3D_precomp,
                                            const torch::Tensor& shs, const torch::Tensor& colors_precomp,
-                                           const torch::Tensor& opacities, int64_t sh_degree, double scale_modifier,
-                                           bool antialiasing) {
+                                           const torch::Tensor& opacities, const torch::Tensor& importances,
+                                           int64_t sh_degree, double scale_modifier, bool antialiasing) {
     dgr::GaussianInputs in;
     in.means3D = means3D.data_ptr<float>();
     in.scales = ptr_or_null<float>(scales);
@@ -32,6 +32,7 @@ inline dgr::GaussianInputs gaussian_inputs(const torch::Tensor& means3D, const t
     in.shs = ptr_or_null<float>(shs);
     in.colors_precomp = ptr_or_null<float>(colors_precomp);
     in.opacities = opacities.data_ptr<float>();
+    in.importances = ptr_or_null<float>(importances);
     in.sh_coeffs = shs.dim() == 3 ? int(shs.size(1)) : 0;  // also for P = 0: d/dshs keeps its [P, M, 3] shape
     in.sh_degree = int(sh_degree);
     in.scale_modifier = float(scale_modifier);

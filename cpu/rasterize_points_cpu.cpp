@@ -817,7 +817,7 @@ std::vector<torch::Tensor> rasterize_forward_cpu(
     const int64_t H = image_height, W = image_width;
     const dgr::Camera cam = make_camera(viewmatrix, projmatrix, campos, tan_fovx, tan_fovy, H, W);
     const dgr::GaussianInputs in =
-        gaussian_inputs(means3D, scales, rotations, cov3D_precomp, shs, colors_precomp, opacities, sh_degree, scale_modifier,
+        gaussian_inputs(means3D, scales, rotations, cov3D_precomp, shs, colors_precomp, opacities, importances, sh_degree, scale_modifier,
                         antialiasing);
     const TileGrid grid = make_grid(H, W);
 
@@ -935,7 +935,7 @@ std::vector<torch::Tensor> rasterize_backward_cpu(
     const int64_t H = st.final_T.size(0), W = st.final_T.size(1);
     const dgr::Camera cam = make_camera(viewmatrix, projmatrix, campos, tan_fovx, tan_fovy, H, W);
     const dgr::GaussianInputs in =
-        gaussian_inputs(means3D, scales, rotations, cov3D_precomp, shs, colors_precomp, opacities, sh_degree, scale_modifier,
+        gaussian_inputs(means3D, scales, rotations, cov3D_precomp, shs, colors_precomp, opacities, importances, sh_degree, scale_modifier,
                         antialiasing);
     const TileGrid grid = make_grid(H, W);
 

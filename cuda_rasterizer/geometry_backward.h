@@ -8,26 +8,43 @@ namespace dgr {
 
 // conic = (c, -b, a) / det of the dilated covariance (a, b, c). The dilation
 // is a constant, so this is also the gradient of the undilated entries.
+// With Q = [[A, B], [B, C]] the conic (the inverse of [[a, b], [b, c]]),
+// dQ = -Q dSigma Q. B is one stored entry (the pixels use -B dx dy, and gB
+// is its gradient) and b one variable (dSigma = [[0, 1], [1, 0]] db), so:
+//   dL/da = -(A^2 gA + A B gB + B^2 gC)
+//   dL/db = -(2 A B gA + (A C + B^2) gB + 2 B C gC)
+//   dL/dc = -(B^2 gA + B C gB + C^2 gC)
+// Written with the conic entries, not as (...) / det^2: det^2 overflows
+// float32 for det > 1.8e19 (splats of radius > ~2e5 px), which flushed
+// these gradients to zero.
 RASTER_HD glm::vec3 conic_backward(const glm::vec3& cov2d, const glm::vec3& dL_dconic) {
     const float a = cov2d.x + LOWPASS_DILATION, b = cov2d.y, c = cov2d.z + LOWPASS_DILATION;
-    const float det = a * c - b * b;
-    const float inv_det2 = 1.0f / (det * det);
+    const float inv_det = 1.0f / (a * c - b * b);
+    const float A = c * inv_det, B = -b * inv_det, C = a * inv_det;  // as conic_and_radius computes them
     const float gA = dL_dconic.x, gB = dL_dconic.y, gC = dL_dconic.z;
-    return glm::vec3((-c * c * gA + b * c * gB - b * b * gC) * inv_det2,
-                     (2.f * b * c * gA - (a * c + b * b) * gB + 2.f * a * b * gC) * inv_det2,
-                     (-b * b * gA + a * b * gB - a * a * gC) * inv_det2);
+    return -glm::vec3(A * A * gA + A * B * gB + B * B * gC,
+                      2.f * A * B * gA + (A * C + B * B) * gB + 2.f * B * C * gC,
+                      B * B * gA + B * C * gB + C * C * gC);
 }
 
 // d(det0 / det1) / d(a, b, c) of the undilated covariance, exact: det0 is
-// differentiated at the undilated entries, det1 at the dilated ones.
+// differentiated at the undilated entries, det1 at the dilated ones. With
+// d = 0.3 and det1 = det0 + d (a + c + d), the quotient rule's numerators
+// simplify to
+//   c det1 - det0 (c + d) = d (c (c + d) + b^2)
+//   -2 b (det1 - det0)    = -2 d b (a + c + d)
+//   a det1 - det0 (a + d) = d (a (a + d) + b^2)
+// which are evaluated as such: the left-hand sides cancel catastrophically
+// in float32 once a, c >> d (all digits gone for a splat of radius ~1e4 px),
+// and dividing by det1^2 overflows for det1 > 1.8e19.
 RASTER_HD glm::vec3 antialias_ratio_backward(const glm::vec3& cov2d) {
+    constexpr float d = LOWPASS_DILATION;
     const float a = cov2d.x, b = cov2d.y, c = cov2d.z;
-    const float det0 = a * c - b * b;
-    const float det1 = (a + LOWPASS_DILATION) * (c + LOWPASS_DILATION) - b * b;
-    const float inv_det1_2 = 1.0f / (det1 * det1);
-    return glm::vec3((c * det1 - det0 * (c + LOWPASS_DILATION)) * inv_det1_2,
-                     -2.f * b * (det1 - det0) * inv_det1_2,
-                     (a * det1 - det0 * (a + LOWPASS_DILATION)) * inv_det1_2);
+    const float inv_det1 = 1.0f / ((a + d) * (c + d) - b * b);
+    const float a_ = a * inv_det1, b_ = b * inv_det1, c_ = c * inv_det1;  // scaled first: no overflow
+    return glm::vec3(d * (c_ * (c + d) + b_ * b) * inv_det1,
+                     -2.f * d * b_ * (a + c + d) * inv_det1,
+                     d * (a_ * (a + d) + b_ * b) * inv_det1);
 }
 
 // Gradient of the opacity scale sqrt(max(floor, ratio)) to (a, b, c); zero

@@ -19,6 +19,7 @@ struct GaussianInputs {
     const float* shs;             // [P, sh_coeffs, 3] or null
     const float* colors_precomp;  // [P, 3] or null
     const float* opacities;       // [P]
+    const float* importances;     // [P], or null (all ones)
     int sh_coeffs;
     int sh_degree;
     float scale_modifier;
@@ -50,6 +51,23 @@ RASTER_HD void gaussian_covariance(const GaussianInputs& in, int idx, float cov[
     }
 }
 
+// Whether the attributes that reach the pixels directly are all finite: the
+// opacity, the importance, and the colour (its colors_precomp row, or the SH
+// coefficients the degree reads: the first (sh_degree + 1)^2 of its M). A
+// Gaussian failing this is culled like one behind the camera. (means3D and
+// the covariance inputs need no check here: a non-finite one makes the pixel
+// mean, the conic or the radius non-finite, which culls it already.)
+RASTER_HD bool attributes_finite(const GaussianInputs& in, int idx) {
+    if (!is_finite(in.opacities[idx])) return false;
+    if (in.importances != nullptr && !is_finite(in.importances[idx])) return false;
+    const bool precomp = in.colors_precomp != nullptr;
+    const float* color = precomp ? in.colors_precomp + 3 * idx : in.shs + 3 * in.sh_coeffs * idx;
+    const int n = precomp ? 3 : 3 * sh_coefficient_count(in.sh_degree);
+    for (int k = 0; k < n; ++k)
+        if (!is_finite(color[k])) return false;
+    return true;
+}
+
 // Everything the forward computes about one Gaussian before the pixels.
 struct GaussianProjection {
     bool visible;
@@ -75,6 +93,7 @@ RASTER_HD GaussianProjection project_gaussian(const GaussianInputs& in, int idx,
     const float p_w = 1.0f / (p_hom.w + PROJ_W_EPS);
     g.mean2D = glm::vec2(ndc_to_pixel(p_hom.x * p_w, cam.width), ndc_to_pixel(p_hom.y * p_w, cam.height));
     if (!is_finite(g.mean2D.x) || !is_finite(g.mean2D.y)) return g;
+    if (!attributes_finite(in, idx)) return g;
     gaussian_covariance(in, idx, g.cov3D);
     g.ewa = ewa_projection(g.t_view, cam);
     g.cov2d = covariance_2d(g.ewa, g.cov3D);
@@ -135,6 +154,10 @@ struct GaussianGrads {
 RASTER_HD void preprocess_gaussian_backward(int idx, const GaussianInputs& in, const Camera& cam, int grid_x,
                                             int grid_y, const SplatGrad& g, const GaussianGrads& out) {
     const GaussianProjection p = project_gaussian(in, idx, cam, grid_x, grid_y);
+    // The drivers call this only for Gaussians that touched a tile. A culled
+    // one (radius 0: behind the camera, a non-finite attribute, ...) keeps
+    // the zero gradients its caller initialised, whatever the upstream says.
+    if (!p.visible) return;
     const glm::vec3 mean = load_vec3(in.means3D, idx);
     out.means2D[3 * idx] = g.mean[0];
     out.means2D[3 * idx + 1] = g.mean[1];

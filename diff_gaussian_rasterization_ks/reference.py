@@ -24,7 +24,11 @@ Conventions (identical to the compiled kernels)
   how the compiled backends define the ``means2D`` gradient.
 * A Gaussian is *invisible* (radius 0, never drawn, zero gradient) when its
   view depth is ``<= 0.2``, its dilated 2D covariance has determinant 0, its
-  pixel mean / conic / radius is not finite, or its tile rectangle is empty.
+  pixel mean / conic / radius is not finite (which a non-finite mean,
+  scale, rotation or ``cov3D_precomp`` entry causes), its opacity,
+  importance or colour input (the ``colors_precomp`` row, or one of the
+  ``(sh_degree + 1)**2`` SH coefficients used) is not finite, or its tile
+  rectangle is empty.
 * A visible Gaussian is evaluated only at pixels whose 16x16 tile lies in its
   tile rectangle (as the tile-binned kernels do; the 3-sigma radius does not
   bound where ``alpha >= 1/255``).
@@ -419,6 +423,16 @@ def rasterize_reference(
         visible = (g.depth > NEAR_PLANE) & (g.det1 != 0)
         for v in (g.pix_x, g.pix_y, radius) + conic:
             visible &= torch.isfinite(v)
+        # Non-finite attributes that reach the pixels without going through
+        # the geometry: culled too, so they never enter pass 2.
+        visible &= torch.isfinite(opac.detach())
+        if imp is not None:
+            visible &= torch.isfinite(imp.detach())
+        if colors_precomp is not None:
+            colour_inputs = colors_precomp.detach().to(**cast)
+        else:
+            colour_inputs = shs.detach().to(**cast)[:, : (deg + 1) ** 2].flatten(1)
+        visible &= torch.isfinite(colour_inputs).all(dim=1)
         # Tile rectangle, computed on safe values for invisible Gaussians.
         px = torch.where(visible, g.pix_x, torch.zeros_like(g.pix_x))
         py = torch.where(visible, g.pix_y, torch.zeros_like(g.pix_y))

@@ -1,23 +1,20 @@
 """Non-finite input: NaN or +-Inf in one Gaussian's attributes, and in the
 camera.
 
-The contract these tests hold the CPU backend to: a Gaussian with a
-non-finite attribute is culled exactly like one behind the camera (radius 0,
-every map as if it were absent, zero gradients), or the call raises a
-ValueError that names the argument. Either way one bad Gaussian never
-poisons the image or the other Gaussians' gradients.
-
-Today the rasterizer culls a Gaussian whose projected mean, conic or radius
-is not finite, which covers means3D, scales, rotations and cov3D_precomp.
-Opacities, importances, colors_precomp and shs are not checked: the cases
-that break the contract are marked xfail(strict=True) with what happens
-instead, so they turn into failures (to un-mark) once the fix lands. Camera
-matrices with NaN or Inf are a ValueError already (_validation.py).
+The contract: a Gaussian with a non-finite attribute (means3D, scales,
+rotations, cov3D_precomp, opacity, importance, its colors_precomp row or an
+SH coefficient the degree uses) is culled exactly like one behind the
+camera (radius 0, every map as if it were absent, zero gradients), or the
+call raises a ValueError that names the argument. Either way one bad
+Gaussian never poisons the image or the other Gaussians' gradients. The
+compiled CPU backend, the CUDA backend (where a GPU is present) and the
+pure-PyTorch reference are all held to it. Camera matrices with NaN or Inf
+are a ValueError (_validation.py).
 """
 import pytest
 import torch
 
-from diff_gaussian_rasterization_ks import GaussianRasterizer
+from diff_gaussian_rasterization_ks import GaussianRasterizer, _backend
 
 from reliability_support import MAPS, identity_camera, render_and_backward, upstream_gradients
 
@@ -85,72 +82,59 @@ ATTRIBUTES = [
     ("shs", 0, dict(sh_degree=3)), ("shs", 3 * 9 + 1, dict(sh_degree=3)),
 ]
 
-# What happens today where the contract does not hold. Each of these cases
-# fails the test it is listed for (checked); every other case passes.
-_TODAY = {
-    ("opacities", NAN): "NaN opacity: fminf(0.99, NaN * G) is 0.99, so the splat is blended at alpha 0.99 over "
-                        "its whole tile rectangle (a hard-edged opaque block, far outside its footprint), and its "
-                        "own means3D/means2D/scales/rotations gradients are NaN",
-    ("opacities", INF): "+Inf opacity: alpha is 0.99 over its whole tile rectangle (Inf * G, and Inf * 0 = NaN "
-                        "where G underflows, both give 0.99 through fminf): a hard-edged opaque block",
-    ("opacities", -INF): "-Inf opacity: never blended (alpha < 1/255) but radius > 0, so not culled",
-    ("importances", NAN): "importance map NaN over the splat, and NaN gradients for the Gaussians in front of it, "
-                          "even where dL/dO = 0 ((o - O_after) * 0 is NaN)",
-    ("colors_precomp", NAN): "image NaN over the splat, and NaN gradients for the Gaussians in front of it",
-    ("shs", NAN): "colour NaN: image NaN over the splat, and NaN gradients for the Gaussians in front of it",
-}
-for _name, _what in (("importances", "importance map"), ("colors_precomp", "image"), ("shs", "image")):
-    for _value in (INF, -INF):
-        _TODAY[(_name, _value)] = (f"{_value} {_name}: {_what} +-Inf or NaN over the splat, and NaN gradients for "
-                                   "the Gaussians in front of it")
-_TODAY[("shs", -INF, 0)] = ("-Inf DC coefficient: that colour channel is -Inf, clamped to 0 (its gradient masked), so "
-                            "nothing goes non-finite, but the Gaussian is drawn black instead of being culled")
-
-FIX = ("fix: cull a Gaussian whose opacity, importance or colour (colors_precomp, or each SH coefficient used) "
-       "is not finite in the preprocess, as for a non-finite conic; or raise ValueError in _validation.py")
-
-
-def known_failure(test, name, index, value):
-    """Why `test` fails today for this case, or None."""
-    why = _TODAY.get((name, value, index), _TODAY.get((name, value)))
-    if why is None:
-        return None
-    if test == "culled":
-        return why
-    # "poisons": outside the bad Gaussian nothing may change or go non-finite
-    if name == "opacities":
-        return why if value != -INF else None
-    if name == "shs" and value == -INF and index == 0:
-        return None
-    return why
-
-
-def cases(test):
+def cases():
     for name, index, scene in ATTRIBUTES:
         for value in (NAN, INF, -INF):
-            why = known_failure(test, name, index, value)
-            marks = [pytest.mark.xfail(strict=True, reason=f"{why}; {FIX}")] if why else []
-            yield pytest.param(name, index, scene, value, marks=marks, id=f"{name}[{index}]={value}")
+            yield pytest.param(name, index, scene, value, id=f"{name}[{index}]={value}")
 
 
-def render_or_value_error(settings, inputs, name):
+@pytest.fixture(params=["cpu", "cuda", "reference"])
+def backend(request, monkeypatch):
+    """The compiled CPU or CUDA backend, or the pure-PyTorch reference (the
+    fallback where no kernel exists for the device) forced for the test."""
+    if request.param == "reference":
+        monkeypatch.setattr(_backend, "kernels_for", lambda device: None)
+        monkeypatch.setattr(_backend, "_warned", {"cpu"})  # no fallback warning
+    elif request.param == "cuda" and not torch.cuda.is_available():
+        pytest.skip("no CUDA device")
+    elif _backend.kernels_for(torch.device(request.param)) is None:
+        pytest.skip(f"the compiled extension has no {request.param} kernels")
+    return request.param
+
+
+def run(backend, settings, inputs):
+    """render_and_backward on `backend` (fixed upstream gradients), with
+    every result on the CPU."""
+    upstream = upstream_gradients(H, W, seed=1)
+    if backend != "cuda":
+        return render_and_backward(settings, inputs, upstream)
+    move = lambda t: t.cuda() if isinstance(t, torch.Tensor) else t  # noqa: E731
+    settings = settings._replace(bg=move(settings.bg), viewmatrix=move(settings.viewmatrix),
+                                 projmatrix=move(settings.projmatrix), campos=move(settings.campos))
+    out, grads = render_and_backward(settings, {k: move(v) for k, v in inputs.items()},
+                                     {k: move(v) for k, v in upstream.items()})
+    out = out._replace(**{f: v.cpu() for f, v in out._asdict().items() if isinstance(v, torch.Tensor)})
+    return out, {k: (g.cpu() if g is not None else None) for k, g in grads.items()}
+
+
+def render_or_value_error(backend, settings, inputs, name):
     """The render and its backward, or None when the call raised a
     ValueError naming `name` (the other acceptable answer)."""
     try:
-        return render_and_backward(settings, inputs, upstream_gradients(H, W, seed=1))
+        return run(backend, settings, inputs)
     except ValueError as error:
         assert name in str(error), f"ValueError does not name {name}: {error}"
         return None
 
 
-@pytest.mark.parametrize("name,index,scene,value", list(cases("culled")))
-def test_gaussian_with_a_non_finite_attribute_is_culled(name, index, scene, value):
+@pytest.mark.parametrize("name,index,scene,value", list(cases()))
+def test_gaussian_with_a_non_finite_attribute_is_culled(backend, name, index, scene, value):
     settings, inputs = stack_scene(**scene)
-    result = render_or_value_error(settings, poisoned(inputs, name, index, value), name)
+    result = render_or_value_error(backend, settings, poisoned(inputs, name, index, value), name)
     if result is None:
         return
     out, grads = result
-    ref_out, ref_grads = render_and_backward(settings, without(inputs, VICTIM), upstream_gradients(H, W, seed=1))
+    ref_out, ref_grads = run(backend, settings, without(inputs, VICTIM))
     assert out.radii[VICTIM] == 0, f"not culled: radius {out.radii[VICTIM].item()}"
     others = torch.arange(len(out.radii)) != VICTIM
     assert torch.equal(out.radii[others], ref_out.radii)
@@ -164,18 +148,18 @@ def test_gaussian_with_a_non_finite_attribute_is_culled(name, index, scene, valu
         torch.testing.assert_close(g[others], ref_grads[k], rtol=1e-5, atol=1e-6, msg=f"d/d{k}")
 
 
-@pytest.mark.parametrize("name,index,scene,value", list(cases("poisons")))
-def test_gaussian_with_a_non_finite_attribute_never_poisons_the_rest(name, index, scene, value):
+@pytest.mark.parametrize("name,index,scene,value", list(cases()))
+def test_gaussian_with_a_non_finite_attribute_never_poisons_the_rest(backend, name, index, scene, value):
     """The weaker property: every map stays finite everywhere, pixels outside
     far from the bad Gaussian (beyond 3 sigma, though inside its tile
     rectangle) are bit for bit unchanged, and every other Gaussian's
     gradient is finite."""
     settings, inputs = stack_scene(**scene)
-    result = render_or_value_error(settings, poisoned(inputs, name, index, value), name)
+    result = render_or_value_error(backend, settings, poisoned(inputs, name, index, value), name)
     if result is None:
         return
     out, grads = result
-    clean, _ = render_and_backward(settings, inputs, upstream_gradients(H, W, seed=1))
+    clean, _ = run(backend, settings, inputs)
     for m in MAPS:
         assert torch.isfinite(getattr(out, m)).all(), f"{m}: non-finite pixels"
     # the lone Gaussian in the corner does not overlap the victim's footprint
@@ -189,28 +173,32 @@ def test_gaussian_with_a_non_finite_attribute_never_poisons_the_rest(name, index
             assert torch.isfinite(g[others]).all(), f"d/d{k}: another Gaussian's gradient is not finite"
 
 
-def test_the_victim_overlaps_its_neighbours():
+def test_the_victim_overlaps_its_neighbours(backend):
     """Guards the two tests above against being vacuous: with the victim
     removed, the Gaussians in front of it get different gradients."""
     settings, inputs = stack_scene()
-    _, grads = render_and_backward(settings, inputs, upstream_gradients(H, W, seed=1))
-    _, grads_without = render_and_backward(settings, without(inputs, VICTIM), upstream_gradients(H, W, seed=1))
+    _, grads = run(backend, settings, inputs)
+    _, grads_without = run(backend, settings, without(inputs, VICTIM))
     assert not torch.allclose(grads["opacities"][:VICTIM], grads_without["opacities"][:VICTIM], rtol=1e-3)
 
 
-def test_nan_in_unused_sh_coefficients_is_ignored():
+def test_nan_in_unused_sh_coefficients_is_ignored(backend):
     """Only the first (sh_degree + 1)^2 coefficients are read, forward and
     backward: NaN beyond them changes nothing."""
     settings, inputs = stack_scene(sh_degree=3)
     settings = settings._replace(sh_degree=1)
-    clean = render_and_backward(settings, inputs, upstream_gradients(H, W, seed=1))
+    clean = run(backend, settings, inputs)
     dirty = dict(inputs, shs=inputs["shs"].clone())
     dirty["shs"][:, 4:] = NAN
-    out, grads = render_and_backward(settings, dirty, upstream_gradients(H, W, seed=1))
+    out, grads = run(backend, settings, dirty)
     for m in MAPS:
         assert torch.equal(getattr(out, m), getattr(clean[0], m)), m
     for k, g in grads.items():
-        if g is not None:
+        if g is None:
+            continue
+        if backend == "cuda":  # sums by atomics: equal up to float32 rounding only
+            torch.testing.assert_close(g, clean[1][k], rtol=1e-5, atol=1e-6, msg=f"d/d{k}")
+        else:
             assert torch.equal(g, clean[1][k]), f"d/d{k}"
 
 
