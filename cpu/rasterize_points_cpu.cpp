@@ -71,6 +71,7 @@ struct Binning {
     torch::Tensor tile_ranges;       // [tiles+1] int64: first entry of each tile
     torch::Tensor point_list;        // [E] int32: Gaussian of each sorted entry
     torch::Tensor slot_entries;      // [E] int64: sorted entry of each slot
+    std::unique_ptr<int64_t[]> entry_slot;  // [E]: slot of each entry (the inverse), if asked for
 };
 
 // The visible Gaussians (tiles_touched > 0) in order of depth, ties by index:
@@ -109,7 +110,7 @@ std::vector<int32_t> depth_order(const float* depth, const int* touched, int64_t
 }
 
 Binning bin_gaussians(const torch::Tensor& depths, const torch::Tensor& tile_rects,
-                      const torch::Tensor& tiles_touched, const TileGrid& grid) {
+                      const torch::Tensor& tiles_touched, const TileGrid& grid, bool want_entry_slot) {
     const int64_t P = depths.size(0);
     const float* depth = depths.data_ptr<float>();
     const int* rects = tile_rects.data_ptr<int>();
@@ -162,6 +163,8 @@ Binning bin_gaussians(const torch::Tensor& depths, const torch::Tensor& tile_rec
     b.slot_entries = torch::empty({num_entries}, torch::kInt64);
     int32_t* points = b.point_list.data_ptr<int32_t>();
     int64_t* slots = b.slot_entries.data_ptr<int64_t>();
+    if (want_entry_slot) b.entry_slot.reset(new int64_t[size_t(std::max<int64_t>(num_entries, 1))]);
+    int64_t* entry_slot = b.entry_slot.get();
     at::parallel_for(0, chunks, 1, [&](int64_t c0, int64_t c1) {
         for (int64_t c = c0; c < c1; ++c) {
             int64_t* next = cursor.data() + c * num_tiles;
@@ -171,6 +174,7 @@ Binning bin_gaussians(const torch::Tensor& depths, const torch::Tensor& tile_rec
                 for_each_tile(g, [&](int64_t t) {
                     const int64_t entry = next[t]++;
                     points[entry] = g;
+                    if (entry_slot != nullptr) entry_slot[entry] = slot;
                     slots[slot++] = entry;
                 });
             }
@@ -450,7 +454,8 @@ struct ForwardArgs {
     float* invdepth;
     float* final_T;
     int* n_contrib;
-    dgr::SplatStats* entry_stats;  // statistics: [E] per (Gaussian, tile) entry; null: no statistics
+    dgr::SplatStats* slot_stats;   // statistics: [E] per (Gaussian, tile) entry, in slot order; null: none
+    const int64_t* entry_slot;     // with statistics: [E] the slot of each entry
     const float* pixel_weight;     // null: weights 1
 };
 
@@ -596,7 +601,7 @@ DGR_MULTIVERSION void forward_tile(const ForwardArgs& a, int64_t tile) {
     const PixelRect rect = a.frame.tile_rect(tile);
     const int64_t begin = a.ranges[tile], end = a.ranges[tile + 1];
     load_tile(ts, a.src, a.points, begin, end, rect, a.cull);
-    const bool stats = a.entry_stats != nullptr;
+    const bool stats = a.slot_stats != nullptr;
     const int64_t m = ts.count;
     if (stats) {
         std::fill_n(ts.accum_lanes.data(), m * STAT_LANES, 0.f);  // (fill_n: the buffers may still be empty)
@@ -616,7 +621,8 @@ DGR_MULTIVERSION void forward_tile(const ForwardArgs& a, int64_t tile) {
     if (!stats) return;
     // every entry of the tile gets its statistics (zero for the culled ones)
     for (int64_t p = 0, j = 0; p < end - begin; ++p) {
-        dgr::SplatStats& e = a.entry_stats[begin + p];  // fields written one by one (no struct copy)
+        // in slot order, so that the per-Gaussian sum reads its entries in a row
+        dgr::SplatStats& e = a.slot_stats[a.entry_slot[begin + p]];  // fields written one by one (no struct copy)
         const bool kept = j < m && ts.position[j] == p;
         const int32_t hits = kept ? lane_count<STAT_LANES>(ts.hit_lanes.data() + j * STAT_LANES) : 0;
         if (hits > 0) {  // (else its partial sums are all zero)
@@ -849,7 +855,7 @@ std::vector<torch::Tensor> rasterize_forward_cpu(
         }
     });
 
-    Binning bins = bin_gaussians(depths, tile_rects, tiles_touched, grid);
+    Binning bins = bin_gaussians(depths, tile_rects, tiles_touched, grid, compute_stats);
 
     torch::Tensor out_color = torch::empty({3, H, W}, f32);
     torch::Tensor out_importance = torch::empty({H, W}, f32);
@@ -869,9 +875,9 @@ std::vector<torch::Tensor> rasterize_forward_cpu(
 
     // Statistics go per (Gaussian, tile) entry, owned by one tile: race free.
     const int64_t num_entries = bins.point_list.size(0);
-    std::unique_ptr<dgr::SplatStats[]> entry_stats;
+    std::unique_ptr<dgr::SplatStats[]> slot_stats;
     if (compute_stats)  // not zeroed: every tile writes all of its entries
-        entry_stats.reset(new dgr::SplatStats[size_t(std::max<int64_t>(num_entries, 1))]);
+        slot_stats.reset(new dgr::SplatStats[size_t(std::max<int64_t>(num_entries, 1))]);
 
     ForwardArgs args;
     args.frame = Frame{H, W, grid};
@@ -885,7 +891,8 @@ std::vector<torch::Tensor> rasterize_forward_cpu(
     args.invdepth = invdepth_px;
     args.final_T = final_T_px;
     args.n_contrib = n_contrib_px;
-    args.entry_stats = entry_stats.get();
+    args.slot_stats = slot_stats.get();
+    args.entry_slot = bins.entry_slot.get();
     args.pixel_weight = compute_stats ? ptr_or_null<float>(pixel_weights) : nullptr;
     parallel_for_dynamic(grid.num_tiles(), [&](int64_t tile) { forward_tile(args, tile); });
 
@@ -902,7 +909,6 @@ std::vector<torch::Tensor> rasterize_forward_cpu(
     torch::Tensor hit_count = torch::zeros({stats_P}, i32), top_count = torch::zeros({stats_P}, i32);
     if (compute_stats) {
         const int64_t* offsets = bins.gaussian_offsets.data_ptr<int64_t>();
-        const int64_t* slots = bins.slot_entries.data_ptr<int64_t>();
         float* accum = accum_weight.data_ptr<float>();
         float* maxw = max_weight.data_ptr<float>();
         int* hits = hit_count.data_ptr<int>();
@@ -910,7 +916,7 @@ std::vector<torch::Tensor> rasterize_forward_cpu(
         at::parallel_for(0, P, 1024, [&](int64_t begin, int64_t end) {
             for (int64_t i = begin; i < end; ++i) {
                 dgr::SplatStats sum{0.f, 0.f, 0, 0};
-                for (int64_t k = offsets[i]; k < offsets[i + 1]; ++k) dgr::merge_stats(sum, entry_stats[slots[k]]);
+                for (int64_t k = offsets[i]; k < offsets[i + 1]; ++k) dgr::merge_stats(sum, slot_stats[k]);
                 accum[i] = sum.accum_weight;
                 maxw[i] = sum.max_weight;
                 hits[i] = sum.hit_count;
