@@ -1,5 +1,8 @@
 // Torch-facing entry points of the compiled backends. Python validates every
 // argument before calling these; absent optional tensors are passed empty.
+// Called directly, each entry point checks its arguments itself first
+// (rasterize_checks.h, the same checks for both backends) and raises a
+// RuntimeError naming the argument rather than reading out of bounds.
 #pragma once
 
 // torch/types.h (tensors, factories, TORCH_CHECK) rather than torch/extension.h:
