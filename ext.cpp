@@ -7,6 +7,9 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
     m.def("rasterize_forward_cpu", &rasterize_forward_cpu, "Forward pass of the CPU backend");
     m.def("rasterize_backward_cpu", &rasterize_backward_cpu, "Backward pass of the CPU backend");
     m.def("mark_visible_cpu", &mark_visible_cpu, "Near-plane test of the CPU backend");
+    // For tests: the binning's int64 prefix sum of the per-Gaussian entry
+    // counts (the forward's gaussian_offsets), int32 [P] -> int64 [P + 1].
+    m.def("_entry_offsets", &entry_offsets_cpu, pybind11::arg("tiles_touched"));
     // For tests: the shared header's antialiasing ratio det0/det1 and its
     // exact gradient at an undilated 2D covariance (a, b, c).
     m.def("_antialias_ratio_and_grad", [](float a, float b, float c) {

@@ -20,6 +20,24 @@
 #include "../rasterize_checks.h"
 #include "../rasterize_points.h"
 
+// Exclusive prefix sum of the per-Gaussian entry counts, in int64 (the
+// total exceeds 2^31 long before any single count does): the first slot of
+// each Gaussian, and the number of (Gaussian, tile) entries at the end.
+torch::Tensor entry_offsets_cpu(const torch::Tensor& tiles_touched) {
+    TORCH_CHECK(tiles_touched.defined() && tiles_touched.is_cpu() && tiles_touched.dim() == 1 &&
+                    tiles_touched.scalar_type() == torch::kInt32 && tiles_touched.is_contiguous(),
+                "entry_offsets: tiles_touched: expected a contiguous int32 CPU tensor of shape [P], got ",
+                tiles_touched.defined() ? tiles_touched.toString() + " of shape " + c10::str(tiles_touched.sizes())
+                                        : std::string("an undefined tensor"));
+    const int64_t P = tiles_touched.size(0);
+    const int* touched = tiles_touched.data_ptr<int>();
+    torch::Tensor result = torch::empty({P + 1}, torch::kInt64);
+    int64_t* offsets = result.data_ptr<int64_t>();
+    offsets[0] = 0;
+    for (int64_t i = 0; i < P; ++i) offsets[i + 1] = offsets[i] + touched[i];
+    return result;
+}
+
 namespace {
 
 using dgr::TILE_X;
@@ -117,10 +135,8 @@ Binning bin_gaussians(const torch::Tensor& depths, const torch::Tensor& tile_rec
     const int* touched = tiles_touched.data_ptr<int>();
 
     Binning b;
-    b.gaussian_offsets = torch::empty({P + 1}, torch::kInt64);
-    int64_t* offsets = b.gaussian_offsets.data_ptr<int64_t>();
-    offsets[0] = 0;
-    for (int64_t i = 0; i < P; ++i) offsets[i + 1] = offsets[i] + touched[i];
+    b.gaussian_offsets = entry_offsets_cpu(tiles_touched);
+    const int64_t* offsets = b.gaussian_offsets.data_ptr<int64_t>();
     const int64_t num_entries = offsets[P];
 
     const std::vector<int32_t> order = depth_order(depth, touched, P);
