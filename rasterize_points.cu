@@ -18,6 +18,7 @@
 #include <algorithm>
 
 #include "cuda_rasterizer/rasterizer.cuh"
+#include "rasterize_checks.h"
 #include "rasterize_points.h"
 
 namespace {
@@ -25,80 +26,28 @@ namespace {
 namespace dc = dgr::cuda;
 
 
-// Python validates every argument before calling; these checks only keep a
-// direct call from turning into an illegal memory access on the device.
-struct Checker {
-    const char* fn;
-    torch::Device device;
+// Python validates every argument before calling; the entry points check
+// them again (rasterize_checks.h, shared with the CPU glue) so that a direct
+// call raises instead of turning into an illegal memory access on the device.
+// What is left here builds the launchers' arguments from checked tensors.
+namespace ck = dgr::checks;
+using ck::S_MEANS2D;
+using ck::S_DEPTHS;
+using ck::S_CONIC_OPACITY;
+using ck::S_COLORS;
+using ck::S_TILES_TOUCHED;
+using ck::S_GAUSSIAN_OFFSETS;
+using ck::S_TILE_RANGES;
+using ck::S_POINT_LIST;
+using ck::S_SLOT_ENTRIES;
+using ck::S_FINAL_T;
+using ck::S_N_CONTRIB;
+using ck::S_COUNT;
 
-    void tensor(const char* name, const torch::Tensor& t, c10::ScalarType dtype, int64_t numel = -1) const {
-        if (numel >= 0)
-            TORCH_CHECK(t.numel() == numel, fn, ": ", name, ": expected ", numel, " elements, got a tensor of shape ",
-                        t.sizes());
-        if (t.numel() == 0) return;  // absent optional input: never dereferenced
-        TORCH_CHECK(t.device() == device, fn, ": ", name, " is on ", t.device(), " but means3D is on ", device,
-                    "; all tensors must be on the same CUDA device");
-        TORCH_CHECK(t.scalar_type() == dtype, fn, ": ", name, ": expected dtype ", dtype, ", got ", t.scalar_type());
-        TORCH_CHECK(t.is_contiguous(), fn, ": ", name, ": expected a contiguous tensor");
-    }
-};
-
-struct Gaussians {
-    int64_t P;
-    dgr::GaussianInputs in;
-};
-
-Gaussians check_gaussians(const Checker& c, const torch::Tensor& means3D, const torch::Tensor& colors_precomp,
-                          const torch::Tensor& opacities, const torch::Tensor& importances,
-                          const torch::Tensor& scales, const torch::Tensor& rotations,
-                          const torch::Tensor& cov3D_precomp, const torch::Tensor& shs, int64_t sh_degree,
-                          double scale_modifier, bool antialiasing) {
-    TORCH_CHECK(means3D.is_cuda(), c.fn, ": means3D must be a CUDA tensor, got one on ", means3D.device());
-    TORCH_CHECK(means3D.dim() == 2 && means3D.size(1) == 3, c.fn, ": means3D: expected shape [P, 3], got ",
-                means3D.sizes());
-    const int64_t P = means3D.size(0);
-    TORCH_CHECK(P < int64_t(INT32_MAX), c.fn, ": at most 2^31 - 1 Gaussians, got ", P);
-    c.tensor("means3D", means3D, torch::kFloat32);
-    c.tensor("opacities", opacities, torch::kFloat32, P);
-    c.tensor("importances", importances, torch::kFloat32, P);
-    TORCH_CHECK((shs.numel() > 0) != (colors_precomp.numel() > 0) || P == 0, c.fn,
-                ": expected exactly one of shs / colors_precomp");
-    TORCH_CHECK((cov3D_precomp.numel() > 0) != (scales.numel() > 0 && rotations.numel() > 0) || P == 0, c.fn,
-                ": expected either scales and rotations or cov3D_precomp");
-    TORCH_CHECK(sh_degree >= 0 && sh_degree <= dgr::MAX_SH_DEGREE, c.fn, ": sh_degree must be in [0, 3], got ",
-                sh_degree);
-    if (shs.numel() > 0) {
-        TORCH_CHECK(shs.dim() == 3 && shs.size(0) == P && shs.size(2) == 3 &&
-                        shs.size(1) >= dgr::sh_coefficient_count(int(sh_degree)),
-                    c.fn, ": shs: expected shape [P, >=", dgr::sh_coefficient_count(int(sh_degree)), ", 3], got ",
-                    shs.sizes());
-        c.tensor("shs", shs, torch::kFloat32);
-    } else {
-        c.tensor("colors_precomp", colors_precomp, torch::kFloat32, 3 * P);
-    }
-    if (cov3D_precomp.numel() > 0) {
-        c.tensor("cov3D_precomp", cov3D_precomp, torch::kFloat32, 6 * P);
-    } else {
-        c.tensor("scales", scales, torch::kFloat32, 3 * P);
-        c.tensor("rotations", rotations, torch::kFloat32, 4 * P);
-    }
-
-    Gaussians g;
-    g.P = P;
-    g.in = gaussian_inputs(means3D, scales, rotations, cov3D_precomp, shs, colors_precomp, opacities, importances,
-                           sh_degree, scale_modifier, antialiasing);
-    return g;
-}
-
-dc::CameraArgs check_camera(const Checker& c, const torch::Tensor& background, const torch::Tensor& viewmatrix,
-                            const torch::Tensor& projmatrix, const torch::Tensor& campos, double tan_fovx,
-                            double tan_fovy, int64_t height, int64_t width) {
-    c.tensor("background", background, torch::kFloat32, 3);
-    c.tensor("viewmatrix", viewmatrix, torch::kFloat32, 16);
-    c.tensor("projmatrix", projmatrix, torch::kFloat32, 16);
-    c.tensor("campos", campos, torch::kFloat32, 3);
-    TORCH_CHECK(height > 0 && width > 0 && height < INT32_MAX && width < INT32_MAX, c.fn,
-                ": image size must be positive, got ", height, " x ", width);
+// (arguments checked by ck::check_camera)
+dc::CameraArgs camera_args(const torch::Tensor& viewmatrix, const torch::Tensor& projmatrix,
+                           const torch::Tensor& campos, double tan_fovx, double tan_fovy, int64_t height,
+                           int64_t width) {
     dc::CameraArgs cam;
     cam.viewmatrix = viewmatrix.data_ptr<float>();
     cam.projmatrix = projmatrix.data_ptr<float>();
@@ -133,23 +82,6 @@ struct Launches {
     }
 };
 
-// Positions of the forward state in the returned vector (after color,
-// importance_map, radii), as in cpu/rasterize_points_cpu.cpp.
-enum StateIndex {
-    S_MEANS2D = 0,
-    S_DEPTHS,
-    S_CONIC_OPACITY,
-    S_COLORS,
-    S_TILES_TOUCHED,
-    S_GAUSSIAN_OFFSETS,
-    S_TILE_RANGES,
-    S_POINT_LIST,
-    S_SLOT_ENTRIES,
-    S_FINAL_T,
-    S_N_CONTRIB,
-    S_COUNT
-};
-
 }  // namespace
 
 std::vector<torch::Tensor> rasterize_forward_cuda(
@@ -160,18 +92,22 @@ std::vector<torch::Tensor> rasterize_forward_cuda(
     int64_t image_height, int64_t image_width, const torch::Tensor& shs, int64_t sh_degree,
     const torch::Tensor& campos, bool antialiasing, bool compute_stats, const torch::Tensor& pixel_weights,
     bool debug) {
-    const Checker check{"rasterize_forward_cuda", means3D.device()};
-    const Gaussians gs = check_gaussians(check, means3D, colors_precomp, opacities, importances, scales, rotations,
-                                         cov3D_precomp, shs, sh_degree, scale_modifier, antialiasing);
-    const int64_t P = gs.P, H = image_height, W = image_width;
-    const dc::CameraArgs cam =
-        check_camera(check, background, viewmatrix, projmatrix, campos, tan_fovx, tan_fovy, H, W);
+    const char* const fn = "rasterize_forward_cuda";
+    const ck::Sizes sizes =
+        ck::check_forward_args(fn, ck::Backend::CUDA, background, means3D, colors_precomp, opacities, importances,
+                               scales, rotations, cov3D_precomp, viewmatrix, projmatrix, image_height, image_width,
+                               shs, sh_degree, campos, pixel_weights);
+    const int64_t P = sizes.P, H = sizes.H, W = sizes.W;
+    const dgr::GaussianInputs gaussians = gaussian_inputs(means3D, scales, rotations, cov3D_precomp, shs,
+                                                          colors_precomp, opacities, importances, sh_degree,
+                                                          scale_modifier, antialiasing);
+    const dc::CameraArgs cam = camera_args(viewmatrix, projmatrix, campos, tan_fovx, tan_fovy, H, W);
     const dc::Grid grid = make_grid(H, W);
     const int64_t num_tiles = grid.num_tiles();
 
     const c10::cuda::CUDAGuard guard(means3D.device());
     const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
-    const Launches launch{check.fn, stream, debug};
+    const Launches launch{fn, stream, debug};
     const auto f32 = means3D.options().dtype(torch::kFloat32);
     const auto i32 = means3D.options().dtype(torch::kInt32);
     const auto i64 = means3D.options().dtype(torch::kInt64);
@@ -188,13 +124,13 @@ std::vector<torch::Tensor> rasterize_forward_cuda(
                                        depths.data_ptr<float>(),        conic_opacity.data_ptr<float>(),
                                        colors.data_ptr<float>(),        tile_rects.data_ptr<int>(),
                                        tiles_touched.data_ptr<int>()};
-    launch(dc::preprocess(P, gs.in, cam, grid, proj, stream), "preprocess");
+    launch(dc::preprocess(P, gaussians, cam, grid, proj, stream), "preprocess");
 
     // Binning. gaussian_offsets = [0, inclusive scan of tiles_touched] in int64.
     torch::Tensor gaussian_offsets = torch::zeros({P + 1}, i64);
     if (P > 0) gaussian_offsets.narrow(0, 1, P).copy_(torch::cumsum(tiles_touched, 0, torch::kInt64));
     const int64_t num_entries = P > 0 ? gaussian_offsets[P].item<int64_t>() : 0;  // synchronises
-    TORCH_CHECK(num_entries <= dc::max_sort_entries(), check.fn, ": ", num_entries,
+    TORCH_CHECK(num_entries <= dc::max_sort_entries(), fn, ": ", num_entries,
                 " (Gaussian, tile) entries exceed what this CUDA toolkit's radix sort accepts (",
                 dc::max_sort_entries(), ")");
     torch::Tensor tile_ranges = torch::empty({num_tiles + 1}, i64);
@@ -240,7 +176,6 @@ std::vector<torch::Tensor> rasterize_forward_cuda(
     const int64_t stats_P = compute_stats ? P : 0;
     torch::Tensor accum_weight = torch::zeros({stats_P}, f32), max_weight = torch::zeros({stats_P}, f32);
     torch::Tensor hit_count = torch::zeros({stats_P}, i32), top_count = torch::zeros({stats_P}, i32);
-    if (compute_stats && pixel_weights.numel() > 0) check.tensor("pixel_weights", pixel_weights, torch::kFloat32, H * W);
     args.accum_weight = compute_stats ? accum_weight.data_ptr<float>() : nullptr;
     args.hit_count = compute_stats ? hit_count.data_ptr<int32_t>() : nullptr;
     args.max_weight = compute_stats ? max_weight.data_ptr<float>() : nullptr;
@@ -256,7 +191,7 @@ std::vector<torch::Tensor> rasterize_forward_cuda(
     torch::Tensor slot_entries = torch::empty({0}, i64);
 
     constexpr int S = 5;  // the state follows the five outputs
-    std::vector<torch::Tensor> result(S + S_COUNT);
+    std::vector<torch::Tensor> result(S + int(S_COUNT));
     result[0] = out_color;
     result[1] = out_importance;
     result[2] = radii;
@@ -285,36 +220,25 @@ std::vector<torch::Tensor> rasterize_backward_cuda(
     const torch::Tensor& shs, int64_t sh_degree, const torch::Tensor& campos, const std::vector<torch::Tensor>& state,
     bool antialiasing, const torch::Tensor& dL_dcolor, const torch::Tensor& dL_dimportance,
     const torch::Tensor& dL_dinvdepth, const torch::Tensor& dL_dalpha, bool debug) {
-    const Checker check{"rasterize_backward_cuda", means3D.device()};
-    TORCH_CHECK(state.size() == S_COUNT, check.fn, ": expected ", int(S_COUNT), " forward-state tensors, got ",
-                state.size());
-    const Gaussians gs = check_gaussians(check, means3D, colors_precomp, opacities, importances, scales, rotations,
-                                         cov3D_precomp, shs, sh_degree, scale_modifier, antialiasing);
-    const int64_t P = gs.P;
+    const char* const fn = "rasterize_backward_cuda";
+    // (the value checks of the forward state run as torch ops on the state's
+    // device, and read their verdict back once)
+    const ck::Sizes sizes =
+        ck::check_backward_args(fn, ck::Backend::CUDA, background, means3D, colors_precomp, opacities, importances,
+                                scales, rotations, cov3D_precomp, viewmatrix, projmatrix, shs, sh_degree, campos,
+                                state, dL_dcolor, dL_dimportance, dL_dinvdepth, dL_dalpha);
+    const int64_t P = sizes.P, H = sizes.H, W = sizes.W;
+    const dgr::GaussianInputs gaussians = gaussian_inputs(means3D, scales, rotations, cov3D_precomp, shs,
+                                                          colors_precomp, opacities, importances, sh_degree,
+                                                          scale_modifier, antialiasing);
     const torch::Tensor& final_T = state[S_FINAL_T];
-    TORCH_CHECK(final_T.dim() == 2, check.fn, ": final_T: expected shape [H, W], got ", final_T.sizes());
-    const int64_t H = final_T.size(0), W = final_T.size(1);
-    const dc::CameraArgs cam =
-        check_camera(check, background, viewmatrix, projmatrix, campos, tan_fovx, tan_fovy, H, W);
+    const dc::CameraArgs cam = camera_args(viewmatrix, projmatrix, campos, tan_fovx, tan_fovy, H, W);
     const dc::Grid grid = make_grid(H, W);
     const int64_t num_entries = state[S_POINT_LIST].numel();
-    check.tensor("state.means2D", state[S_MEANS2D], torch::kFloat32, 2 * P);
-    check.tensor("state.conic_opacity", state[S_CONIC_OPACITY], torch::kFloat32, 4 * P);
-    check.tensor("state.colors", state[S_COLORS], torch::kFloat32, 3 * P);
-    check.tensor("state.tiles_touched", state[S_TILES_TOUCHED], torch::kInt32, P);
-    check.tensor("state.tile_ranges", state[S_TILE_RANGES], torch::kInt64, grid.num_tiles() + 1);
-    check.tensor("state.point_list", state[S_POINT_LIST], torch::kInt32);
-    check.tensor("state.final_T", final_T, torch::kFloat32, H * W);
-    check.tensor("state.n_contrib", state[S_N_CONTRIB], torch::kInt32, H * W);
-    check.tensor("dL_dcolor", dL_dcolor, torch::kFloat32, 3 * H * W);
-    check.tensor("dL_dimportance", dL_dimportance, torch::kFloat32, H * W);
-    check.tensor("dL_dinvdepth", dL_dinvdepth, torch::kFloat32, H * W);
-    check.tensor("dL_dalpha", dL_dalpha, torch::kFloat32, H * W);
-    check.tensor("state.depths", state[S_DEPTHS], torch::kFloat32, P);
 
     const c10::cuda::CUDAGuard guard(means3D.device());
     const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
-    const Launches launch{check.fn, stream, debug};
+    const Launches launch{fn, stream, debug};
     const auto f32 = means3D.options().dtype(torch::kFloat32);
 
     // Pass 1, per tile: per-Gaussian sums of the screen-space SplatGrads.
@@ -344,7 +268,7 @@ std::vector<torch::Tensor> rasterize_backward_cuda(
     torch::Tensor g_opacities = torch::zeros({P}, f32);
     torch::Tensor g_importances = torch::zeros({P}, f32);
     torch::Tensor g_colors = torch::zeros({P, 3}, f32);
-    torch::Tensor g_shs = torch::zeros({P, std::max<int64_t>(gs.in.sh_coeffs, 1), 3}, f32);
+    torch::Tensor g_shs = torch::zeros({P, std::max<int64_t>(gaussians.sh_coeffs, 1), 3}, f32);
     torch::Tensor g_cov3D = torch::zeros({P, 6}, f32);
     torch::Tensor g_scales = torch::zeros({P, 3}, f32);
     torch::Tensor g_rotations = torch::zeros({P, 4}, f32);
@@ -354,7 +278,7 @@ std::vector<torch::Tensor> rasterize_backward_cuda(
                                  g_cov3D.data_ptr<float>(),     g_scales.data_ptr<float>(),
                                  g_rotations.data_ptr<float>()};
     if (num_entries > 0)
-        launch(dc::preprocess_backward(P, gs.in, cam, grid, state[S_TILES_TOUCHED].data_ptr<int32_t>(),
+        launch(dc::preprocess_backward(P, gaussians, cam, grid, state[S_TILES_TOUCHED].data_ptr<int32_t>(),
                                        splat_grads.data_ptr<float>(), out, stream),
                "preprocess_backward");
     return {g_means3D, g_means2D, g_opacities, g_importances, g_colors, g_shs, g_cov3D, g_scales, g_rotations};
@@ -362,20 +286,14 @@ std::vector<torch::Tensor> rasterize_backward_cuda(
 
 torch::Tensor mark_visible_cuda(const torch::Tensor& means3D, const torch::Tensor& viewmatrix,
                                 const torch::Tensor& projmatrix) {
-    (void)projmatrix;  // the test is the near plane in view space only
-    const Checker check{"mark_visible_cuda", means3D.device()};
-    TORCH_CHECK(means3D.is_cuda(), check.fn, ": means3D must be a CUDA tensor, got one on ", means3D.device());
-    TORCH_CHECK(means3D.dim() == 2 && means3D.size(1) == 3, check.fn, ": means3D: expected shape [P, 3], got ",
-                means3D.sizes());
-    const int64_t P = means3D.size(0);
-    TORCH_CHECK(P < int64_t(INT32_MAX), check.fn, ": at most 2^31 - 1 Gaussians, got ", P);
-    check.tensor("means3D", means3D, torch::kFloat32);
-    check.tensor("viewmatrix", viewmatrix, torch::kFloat32, 16);
+    // (projmatrix is checked but unused: the test is the near plane in view space only)
+    const char* const fn = "mark_visible_cuda";
+    const int64_t P = ck::check_mark_visible_args(fn, ck::Backend::CUDA, means3D, viewmatrix, projmatrix);
 
     const c10::cuda::CUDAGuard guard(means3D.device());
     const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
     torch::Tensor visible = torch::empty({P}, means3D.options().dtype(torch::kBool));
-    const Launches launch{check.fn, stream, false};
+    const Launches launch{fn, stream, false};
     launch(dc::mark_visible(P, means3D.data_ptr<float>(), viewmatrix.data_ptr<float>(), visible.data_ptr<bool>(),
                             stream),
            "mark_visible");

@@ -1,5 +1,8 @@
 // Torch-facing entry points of the compiled backends. Python validates every
 // argument before calling these; absent optional tensors are passed empty.
+// Called directly, each entry point checks its arguments itself first
+// (rasterize_checks.h, the same checks for both backends) and raises a
+// RuntimeError naming the argument rather than reading out of bounds.
 #pragma once
 
 // torch/types.h (tensors, factories, TORCH_CHECK) rather than torch/extension.h:
@@ -74,6 +77,13 @@ std::vector<torch::Tensor> rasterize_backward_cpu(
 // Near-plane test per Gaussian: [P] bool.
 torch::Tensor mark_visible_cpu(const torch::Tensor& means3D, const torch::Tensor& viewmatrix,
                                const torch::Tensor& projmatrix);
+
+// The binning's entry count arithmetic: tiles_touched [P] int32 -> [P+1]
+// int64, the exclusive prefix sum (the first slot of each Gaussian, then the
+// number of entries E). The forward's gaussian_offsets is this function's
+// result; bound as _C._entry_offsets so the int64 arithmetic can be tested
+// with counts near 2^31 without allocating the entries.
+torch::Tensor entry_offsets_cpu(const torch::Tensor& tiles_touched);
 
 #ifdef DGR_WITH_CUDA
 // The CUDA backend (rasterize_points.cu): the CPU functions' arguments and

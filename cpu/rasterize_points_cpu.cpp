@@ -17,7 +17,26 @@
 #include <type_traits>
 
 #include "../cuda_rasterizer/preprocess.h"
+#include "../rasterize_checks.h"
 #include "../rasterize_points.h"
+
+// Exclusive prefix sum of the per-Gaussian entry counts, in int64 (the
+// total exceeds 2^31 long before any single count does): the first slot of
+// each Gaussian, and the number of (Gaussian, tile) entries at the end.
+torch::Tensor entry_offsets_cpu(const torch::Tensor& tiles_touched) {
+    TORCH_CHECK(tiles_touched.defined() && tiles_touched.is_cpu() && tiles_touched.dim() == 1 &&
+                    tiles_touched.scalar_type() == torch::kInt32 && tiles_touched.is_contiguous(),
+                "entry_offsets: tiles_touched: expected a contiguous int32 CPU tensor of shape [P], got ",
+                tiles_touched.defined() ? tiles_touched.toString() + " of shape " + c10::str(tiles_touched.sizes())
+                                        : std::string("an undefined tensor"));
+    const int64_t P = tiles_touched.size(0);
+    const int* touched = tiles_touched.data_ptr<int>();
+    torch::Tensor result = torch::empty({P + 1}, torch::kInt64);
+    int64_t* offsets = result.data_ptr<int64_t>();
+    offsets[0] = 0;
+    for (int64_t i = 0; i < P; ++i) offsets[i + 1] = offsets[i] + touched[i];
+    return result;
+}
 
 namespace {
 
@@ -117,10 +136,8 @@ Binning bin_gaussians(const torch::Tensor& depths, const torch::Tensor& tile_rec
     const int* touched = tiles_touched.data_ptr<int>();
 
     Binning b;
-    b.gaussian_offsets = torch::empty({P + 1}, torch::kInt64);
-    int64_t* offsets = b.gaussian_offsets.data_ptr<int64_t>();
-    offsets[0] = 0;
-    for (int64_t i = 0; i < P; ++i) offsets[i + 1] = offsets[i] + touched[i];
+    b.gaussian_offsets = entry_offsets_cpu(tiles_touched);
+    const int64_t* offsets = b.gaussian_offsets.data_ptr<int64_t>();
     const int64_t num_entries = offsets[P];
 
     const std::vector<int32_t> order = depth_order(depth, touched, P);
@@ -433,12 +450,29 @@ DGR_INLINE int32_t lane_count(const int32_t* v) {
     return lane_tree<N>(v, [](int32_t a, int32_t b) { return a + b; });
 }
 
-// The slot of each entry: the inverse of the permutation slot_entries.
+// The slot of each entry: the inverse of the permutation slot_entries (its
+// values already checked to lie in [0, E), rasterize_checks.h). Every slot
+// starts at -1, so that one left unwritten shows that slot_entries repeats a
+// value and is no permutation: an error, rather than the backward writing a
+// gradient wherever uninitialised memory points. (Two sequential passes,
+// ~1% of the backward; checking the inverse entry by entry, a random gather,
+// would cost 8%.)
 std::unique_ptr<int64_t[]> entry_slots(const int64_t* slot_entries, int64_t num_entries) {
     std::unique_ptr<int64_t[]> entry_slot(new int64_t[size_t(std::max<int64_t>(num_entries, 1))]);
+    at::parallel_for(0, num_entries, 1 << 16, [&](int64_t begin, int64_t end) {
+        std::fill(entry_slot.get() + begin, entry_slot.get() + end, int64_t(-1));
+    });
     at::parallel_for(0, num_entries, 16384, [&](int64_t begin, int64_t end) {
         for (int64_t k = begin; k < end; ++k) entry_slot[slot_entries[k]] = k;
     });
+    std::atomic<bool> complete{true};
+    at::parallel_for(0, num_entries, 1 << 16, [&](int64_t begin, int64_t end) {
+        bool all = true;
+        for (int64_t e = begin; e < end; ++e) all &= entry_slot[e] >= 0;
+        if (!all) complete = false;
+    });
+    TORCH_CHECK(complete, "rasterize_backward_cpu: state.slot_entries: expected a permutation of [0, E) (E = ",
+                num_entries, " from state.point_list), got repeated entries");
     return entry_slot;
 }
 
@@ -819,8 +853,12 @@ std::vector<torch::Tensor> rasterize_forward_cpu(
     const torch::Tensor& viewmatrix, const torch::Tensor& projmatrix, double tan_fovx, double tan_fovy,
     int64_t image_height, int64_t image_width, const torch::Tensor& shs, int64_t sh_degree,
     const torch::Tensor& campos, bool antialiasing, bool compute_stats, const torch::Tensor& pixel_weights) {
-    const int64_t P = means3D.size(0);
-    const int64_t H = image_height, W = image_width;
+    const dgr::checks::Sizes sizes = dgr::checks::check_forward_args(
+        "rasterize_forward_cpu", dgr::checks::Backend::CPU, background, means3D, colors_precomp, opacities,
+        importances, scales, rotations, cov3D_precomp, viewmatrix, projmatrix, image_height, image_width, shs,
+        sh_degree, campos, pixel_weights);
+    const int64_t P = sizes.P;
+    const int64_t H = sizes.H, W = sizes.W;
     const dgr::Camera cam = make_camera(viewmatrix, projmatrix, campos, tan_fovx, tan_fovy, H, W);
     const dgr::GaussianInputs in =
         gaussian_inputs(means3D, scales, rotations, cov3D_precomp, shs, colors_precomp, opacities, importances, sh_degree, scale_modifier,
@@ -936,9 +974,13 @@ std::vector<torch::Tensor> rasterize_backward_cpu(
     const torch::Tensor& shs, int64_t sh_degree, const torch::Tensor& campos, const std::vector<torch::Tensor>& state,
     bool antialiasing, const torch::Tensor& dL_dcolor, const torch::Tensor& dL_dimportance,
     const torch::Tensor& dL_dinvdepth, const torch::Tensor& dL_dalpha) {
+    const dgr::checks::Sizes sizes = dgr::checks::check_backward_args(
+        "rasterize_backward_cpu", dgr::checks::Backend::CPU, background, means3D, colors_precomp, opacities,
+        importances, scales, rotations, cov3D_precomp, viewmatrix, projmatrix, shs, sh_degree, campos, state,
+        dL_dcolor, dL_dimportance, dL_dinvdepth, dL_dalpha);
     const ForwardState st = ForwardState::from_vector(state);
-    const int64_t P = means3D.size(0);
-    const int64_t H = st.final_T.size(0), W = st.final_T.size(1);
+    const int64_t P = sizes.P;
+    const int64_t H = sizes.H, W = sizes.W;
     const dgr::Camera cam = make_camera(viewmatrix, projmatrix, campos, tan_fovx, tan_fovy, H, W);
     const dgr::GaussianInputs in =
         gaussian_inputs(means3D, scales, rotations, cov3D_precomp, shs, colors_precomp, opacities, importances, sh_degree, scale_modifier,
@@ -1026,8 +1068,9 @@ std::vector<torch::Tensor> rasterize_backward_cpu(
 
 torch::Tensor mark_visible_cpu(const torch::Tensor& means3D, const torch::Tensor& viewmatrix,
                                const torch::Tensor& projmatrix) {
-    (void)projmatrix;
-    const int64_t P = means3D.size(0);
+    const int64_t P =
+        dgr::checks::check_mark_visible_args("mark_visible_cpu", dgr::checks::Backend::CPU, means3D, viewmatrix,
+                                             projmatrix);
     torch::Tensor visible = torch::zeros({P}, torch::kBool);
     const float* m = means3D.data_ptr<float>();
     const float* view = viewmatrix.data_ptr<float>();

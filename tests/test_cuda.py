@@ -516,4 +516,4 @@ def test_mismatched_devices_raise():
         kernels.forward(s.bg.to(DEV), x["means3D"], x["colors_precomp"], x["opacities"].reshape(-1),
                         torch.ones(20),  # importances left on the CPU
                         x["scales"], x["rotations"], 1.0, empty, s.viewmatrix.to(DEV), s.projmatrix.to(DEV),
-                        float(s.tanfovx), float(s.tanfovy), 16, 16, empty, 0, s.campos.to(DEV))
+                        float(s.tanfovx), float(s.tanfovy), 16, 16, empty, 0, s.campos.to(DEV), False, False, empty)

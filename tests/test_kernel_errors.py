@@ -6,16 +6,19 @@ these tests call the raw bindings (`_C.rasterize_forward_cpu`,
 `_C.rasterize_backward_cpu`, `_C.mark_visible_cpu`) the way a caller that
 bypasses the Python layer would: with the exact arguments the Python layer
 passes (recorded, so the tests follow the kernels' signatures) and one of
-them wrong. Intended behaviour: a RuntimeError (TORCH_CHECK), TypeError or
-ValueError.
+them wrong. Every case must raise a RuntimeError (TORCH_CHECK), TypeError or
+ValueError whose message names the wrong argument (EXPECTED).
+
+The checks are rasterize_checks.h, shared by the CPU and the CUDA glue. Before
+them, 21 of these cases read out of bounds (heap-buffer-overflow reads under
+AddressSanitizer, see test_sanitizers.py; UBSan's index out of bounds for
+sh_degree 4; glibc aborts for an inconsistent forward state) or returned
+silently wrong results (a non-contiguous input read as if contiguous).
 
 A wrong call may read or write out of bounds, so every case runs in a
 forked child of a helper process (one `import torch` for all cases, one
 thread, so no OpenMP pool is ever forked): a crash is reported as a crash,
-not as the death of the test session. The cases that are not checked today
-are marked xfail(strict=True) with what the kernels do instead (read with
-AddressSanitizer, see test_sanitizers.py, during this audit) and the
-TORCH_CHECK that would catch them.
+not as the death of the test session.
 """
 import json
 import os
@@ -82,7 +85,7 @@ for name in sys.argv[1].split(","):
         outcome = "returned"
     else:
         outcome = f"exit {os.WEXITSTATUS(status)}"
-    results[name] = dict(outcome=outcome, log=text[-3000:])
+    results[name] = dict(outcome=outcome, log=text if len(text) <= 6000 else text[:3000] + " ... " + text[-3000:])
 print("RESULTS " + json.dumps(results))
 '''
 
@@ -119,6 +122,13 @@ def _state(index, make):
     return case
 
 
+def _with(t, index, value):
+    """A fresh copy of t with t[index] = value."""
+    t = t.clone()
+    t[index] = value
+    return t
+
+
 def _mark_visible(position, make):
     def case(C, base):
         args = base["fwd"][0]
@@ -139,9 +149,9 @@ S_TILES_TOUCHED, S_OFFSETS, S_RANGES, S_POINTS, S_SLOTS, S_FINAL_T, S_N_CONTRIB 
 
 # .clone(): a fresh allocation (a view would keep the original's bytes behind it)
 shorter = lambda t: t[:-1].contiguous().clone()  # noqa: E731  one Gaussian (row) short
+empty = lambda t: torch.empty(0)  # noqa: E731  an absent optional input
 
 CASES = {
-    # already raised today (TORCH_CHECK or data_ptr<float>'s dtype check, pybind's type check)
     "forward means3D float64": _forward(MEANS3D, lambda t: t.double()),
     "forward opacities int32": _forward(OPACITIES, lambda t: t.int()),
     "forward viewmatrix not a tensor": _forward(VIEW, lambda t: t.tolist()),
@@ -149,7 +159,6 @@ CASES = {
                                                      _replace(base["bwd"][0], STATE, base["bwd"][0][STATE][:10]),
                                                      base["bwd"][1]),
     "backward n_contrib float32": _state(S_N_CONTRIB, lambda t, base: t.float()),
-    # not checked today
     "forward opacities one short": _forward(OPACITIES, shorter),
     "forward importances one short": _forward(IMPORTANCES, shorter),
     "forward colors_precomp one short": _forward(COLORS, lambda t: torch.rand(39, 3)),  # of P = 40
@@ -177,71 +186,75 @@ CASES = {
     "backward point_list one short": _state(S_POINTS, lambda t, base: shorter(t)),
     "mark_visible means3D with 2 columns": _mark_visible(0, lambda t: t[:, :2].contiguous().clone()),
     "mark_visible viewmatrix 3x3": _mark_visible(1, lambda t: t[:3, :3].contiguous().clone()),
+    # the checks' other branches: which optional inputs go together
+    "forward shs and colors_precomp both given": _forward(COLORS, lambda t: torch.rand(40, 3)),
+    "forward scales without rotations": _forward(ROTATIONS, empty),
+    "forward neither scales+rotations nor cov3D_precomp": lambda C, base: (
+        C.rasterize_forward_cpu, _replace(_replace(base["fwd"][0], SCALES, torch.empty(0)), ROTATIONS,
+                                          torch.empty(0)), base["fwd"][1]),
+    "mark_visible projmatrix 3x3": _mark_visible(2, lambda t: t[:3, :3].contiguous().clone()),
+    # a whole consistent state (and its upstream gradients) of another scene:
+    # the state's sizes against P
+    "backward state and upstream gradients of another scene": lambda C, base: (
+        C.rasterize_backward_cpu,
+        [base["other_bwd"][0][i] if i == STATE or i >= B_DL_DCOLOR else a for i, a in enumerate(base["bwd"][0])],
+        base["bwd"][1]),
+    # the values of the state that index memory
+    "backward point_list names Gaussian P": _state(S_POINTS, lambda t, base: _with(t, 0, 40)),
+    "backward tile_ranges decreasing": _state(S_RANGES, lambda t, base: _with(t, 1, int(t[-1]) + 1)),
+    "backward gaussian_offsets shifted": _state(S_OFFSETS, lambda t, base: t + 1),
+    "backward slot_entries repeated": _state(S_SLOTS, lambda t, base: _with(t, 1, int(t[0]))),
+    "backward slot_entries out of range": _state(S_SLOTS, lambda t, base: _with(t, 0, t.numel())),
+    "backward n_contrib negative": _state(S_N_CONTRIB, lambda t, base: _with(t, (0, 0), -1)),
 }
 
-RAISES_TODAY = [
-    "forward means3D float64", "forward opacities int32", "forward viewmatrix not a tensor",
-    "backward state of 10 tensors", "backward n_contrib float32",
-]
-
-# What happens today (AddressSanitizer / UBSan reports of the sanitized build,
-# or a silent return), and the check that fixes it. The checks belong in the
-# CPU glue (cpu/rasterize_points_cpu.cpp), before any data_ptr is read.
-NOT_CHECKED = {
-    "forward opacities one short": "heap-buffer-overflow read in dgr::preprocess_gaussian (in.opacities[idx]); "
-                                   "TORCH_CHECK(opacities.numel() == P)",
-    "forward importances one short": "heap-buffer-overflow read in dgr::load_splat (importances[g]); "
-                                     "TORCH_CHECK(importances.numel() == P)",
-    "forward colors_precomp one short": "heap-buffer-overflow read of colors_precomp in dgr::preprocess_gaussian; "
-                                        "TORCH_CHECK(colors_precomp.numel() == 0 || sizes() == {P, 3})",
-    "forward scales one short": "heap-buffer-overflow read in dgr::load_vec3 (scales); "
-                                "TORCH_CHECK(scales.numel() == 0 || sizes() == {P, 3})",
-    "forward rotations one short": "heap-buffer-overflow read in dgr::load_vec4 (rotations); TORCH_CHECK(rotations "
-                                   "empty or {P, 4}, cov3D_precomp empty or {P, 6}, and exactly one of "
-                                   "(scales, rotations) / cov3D_precomp given when P > 0)",
-    "forward shs too few coefficients": "heap-buffer-overflow read in dgr::sh_to_color (sh_degree 2 reads 9 "
-                                        "coefficients of 1); TORCH_CHECK(shs.numel() == 0 || (shs.dim() == 3 && "
-                                        "shs.size(0) == P && shs.size(2) == 3 && shs.size(1) >= (sh_degree + 1)^2)), "
-                                        "and exactly one of shs / colors_precomp when P > 0",
-    "forward sh_degree 4": "UBSan: 'index 16 out of bounds for type float [16]' in dgr::sh_to_color (ShBasis::y), "
-                           "and reads of shs beyond (degree + 1)^2; TORCH_CHECK(0 <= sh_degree && sh_degree <= 3)",
-    "forward viewmatrix 3x3": "heap-buffer-overflow read in dgr::transform_point_4x3; "
-                              "TORCH_CHECK(viewmatrix.numel() == 16)",
-    "forward projmatrix 3x3": "heap-buffer-overflow read in dgr::transform_point_4x4; "
-                              "TORCH_CHECK(projmatrix.numel() == 16)",
-    "forward campos of 2": "heap-buffer-overflow read in make_camera (campos[2]); TORCH_CHECK(campos.numel() == 3)",
-    "forward background of 2": "heap-buffer-overflow read in dgr::PixelAccumulator::final_color (bg[2]); "
-                               "TORCH_CHECK(background.numel() == 3)",
-    "forward opacities non-contiguous": "returns silently, reading the strided storage as if contiguous (wrong "
-                                        "opacities); TORCH_CHECK(t.is_contiguous()) for every tensor argument",
-    "forward pixel_weights one row short": "heap-buffer-overflow read of pixel_weights in the per-pixel loop; "
-                                           "TORCH_CHECK(pixel_weights.numel() == 0 || sizes() == {H, W})",
-    "backward importances one short": "heap-buffer-overflow read in dgr::load_splat; the backward needs every "
-                                      "input check of the forward too (here importances.numel() == P)",
-    "backward dL_dcolor one column short": "heap-buffer-overflow read in the per-pixel loop of "
-                                           "rasterize_backward_cpu; TORCH_CHECK(dL_dcolor.sizes() == {3, H, W}) "
-                                           "with H, W = final_T's",
-    "backward dL_dimportance one row short": "heap-buffer-overflow read in the per-pixel loop; "
-                                             "TORCH_CHECK(dL_dimportance.sizes() == {H, W})",
-    "backward dL_dalpha one row short": "heap-buffer-overflow read in the per-pixel loop; "
-                                        "TORCH_CHECK(dL_dalpha.sizes() == {H, W}), same for dL_dinvdepth",
-    "backward state of another scene": "heap-buffer-overflow read in dgr::load_splat (point_list names Gaussians "
-                                       ">= P); TORCH_CHECK the state against P: means2D {P, 2}, depths {P}, "
-                                       "conic_opacity {P, 4}, colors {P, 3}, tiles_touched {P}, "
-                                       "gaussian_offsets {P + 1}",
-    "backward n_contrib of another scene": "heap-buffer-overflow in the per-pixel loop (ts.splats[j] and "
-                                           "grads[j] beyond the tile's list; glibc aborts in the normal build); "
-                                           "check n_contrib[pix] <= ranges[tile + 1] - ranges[tile] per pixel "
-                                           "(TORCH_CHECK, or a clamp), n_contrib {H, W} int32",
-    "backward point_list one short": "heap-buffer-overflow read in TileSplats::load (glibc aborts in the normal "
-                                     "build); TORCH_CHECK(point_list.numel() == slot_entries.numel() == "
-                                     "gaussian_offsets[P] == tile_ranges[tiles], tile_ranges {tiles + 1} for the "
-                                     "grid of final_T)",
-    "mark_visible means3D with 2 columns": "heap-buffer-overflow read in mark_visible_cpu; "
-                                           "TORCH_CHECK(means3D.dim() == 2 && means3D.size(1) == 3) (in the "
-                                           "forward and backward too)",
-    "mark_visible viewmatrix 3x3": "heap-buffer-overflow read in dgr::transform_point_4x3; "
-                                   "TORCH_CHECK(viewmatrix.numel() == 16) in mark_visible_cpu",
+# What each case's error message must contain: the argument it names and
+# what was expected.
+EXPECTED = {
+    "forward means3D float64": "means3D: expected dtype Float",
+    "forward opacities int32": "opacities: expected dtype Float",
+    "forward viewmatrix not a tensor": "TypeError: rasterize_forward_cpu(): incompatible function arguments",
+    "backward state of 10 tensors": "state: expected the 11 forward-state tensors",
+    "backward n_contrib float32": "state.n_contrib: expected dtype Int",
+    "forward opacities one short": "opacities: expected shape [40] or [40, 1] (P = 40 from means3D), got [39]",
+    "forward importances one short": "importances: expected shape [40] or [40, 1] (P = 40 from means3D), got [39]",
+    "forward colors_precomp one short": "colors_precomp: expected shape [40, 3] (P = 40 from means3D), got [39, 3]",
+    "forward scales one short": "scales: expected shape [40, 3] (P = 40 from means3D), got [39, 3]",
+    "forward rotations one short": "rotations: expected shape [40, 4] (P = 40 from means3D), got [39, 4]",
+    "forward shs too few coefficients": "shs: expected shape [40, M, 3] with M >= 9 coefficients",
+    "forward sh_degree 4": "sh_degree: expected an int in [0, 3], got 4",
+    "forward viewmatrix 3x3": "viewmatrix: expected 16 elements (a 4x4 matrix), got a tensor of shape [3, 3]",
+    "forward projmatrix 3x3": "projmatrix: expected 16 elements (a 4x4 matrix), got a tensor of shape [3, 3]",
+    "forward campos of 2": "campos: expected 3 elements (a 3D point), got a tensor of shape [2]",
+    "forward background of 2": "background: expected 3 elements (an RGB color), got a tensor of shape [2]",
+    "forward opacities non-contiguous": "opacities: expected a contiguous tensor",
+    "forward pixel_weights one row short": "pixel_weights: expected shape [20, 36] (image_height, image_width), "
+                                           "got [19, 36]",
+    "backward importances one short": "importances: expected shape [40] or [40, 1] (P = 40 from means3D), got [39]",
+    "backward dL_dcolor one column short": "dL_dcolor: expected shape [3, 20, 36] (H = 20, W = 36 from "
+                                           "state.final_T), got [3, 20, 35]",
+    "backward dL_dimportance one row short": "dL_dimportance: expected shape [20, 36]",
+    "backward dL_dalpha one row short": "dL_dalpha: expected shape [20, 36] or [1, 20, 36]",
+    "backward state of another scene": "dL_dcolor: expected shape [3, 40, 52] (H = 40, W = 52 from state.final_T), "
+                                       "got [3, 20, 36]",
+    "backward n_contrib of another scene": "state.n_contrib: expected per pixel a count in [0, length of its tile's "
+                                           "list]",
+    "backward point_list one short": "state.slot_entries: expected shape [59] (E = 59 from state.point_list), "
+                                     "got [60]",
+    "mark_visible means3D with 2 columns": "mark_visible_cpu: means3D: expected shape [P, 3], got [40, 2]",
+    "mark_visible viewmatrix 3x3": "mark_visible_cpu: viewmatrix: expected 16 elements",
+    "forward shs and colors_precomp both given": "shs / colors_precomp: expected exactly one of them",
+    "forward scales without rotations": "scales / rotations: expected both or neither",
+    "forward neither scales+rotations nor cov3D_precomp": "scales+rotations / cov3D_precomp: expected either",
+    "mark_visible projmatrix 3x3": "mark_visible_cpu: projmatrix: expected 16 elements",
+    "backward state and upstream gradients of another scene": "state.means2D: expected shape [40, 2] (P = 40 from "
+                                                              "means3D), got [60, 2]",
+    "backward point_list names Gaussian P": "state.point_list: expected Gaussian indices in [0, 40)",
+    "backward tile_ranges decreasing": "state.tile_ranges: expected non-decreasing tile starts",
+    "backward gaussian_offsets shifted": "state.gaussian_offsets: expected the exclusive prefix sum",
+    "backward slot_entries repeated": "state.slot_entries: expected a permutation",
+    "backward slot_entries out of range": "state.slot_entries: expected entry indices in [0, ",
+    "backward n_contrib negative": "state.n_contrib: expected per pixel a count in [0,",
 }
 
 
@@ -266,18 +279,13 @@ def outcomes(tmp_path_factory):
 
 @pytest.mark.parametrize("name", list(CASES))
 def test_raw_kernel_misuse_raises(outcomes, name):
-    """A case listed in NOT_CHECKED is an expected failure while it returns
-    or crashes, and an error (to un-list it) once it raises; anything else,
-    e.g. a broken case, fails."""
+    """Each case raises (no crash, no silent return), with a message that
+    names the wrong argument and what was expected."""
     outcome = outcomes[name]
     detail = f"{name}: {outcome['outcome']}\n{outcome['log']}"
-    if name in NOT_CHECKED:
-        assert outcome["outcome"] != "raised", f"{name} raises now: remove it from NOT_CHECKED"
-        assert outcome["outcome"] == "returned" or outcome["outcome"].startswith("crashed"), detail
-        pytest.xfail(NOT_CHECKED[name])
     assert outcome["outcome"] == "raised", detail
+    assert EXPECTED[name] in outcome["log"], f"expected the message to contain {EXPECTED[name]!r}\n{detail}"
 
 
-def test_every_case_is_classified():
-    assert set(RAISES_TODAY) | set(NOT_CHECKED) == set(CASES)
-    assert not set(RAISES_TODAY) & set(NOT_CHECKED)
+def test_every_case_has_an_expected_message():
+    assert set(EXPECTED) == set(CASES)

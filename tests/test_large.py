@@ -7,10 +7,9 @@
   tested: (a) the binning as the kernels return it (forward state): offsets,
   tile ranges and slot lists are int64 and consistent when every Gaussian
   touches every tile; (b) the counting arithmetic itself, with per-Gaussian
-  counts near 2^31 that need no memory: that needs the counting function
-  exposed (proposed binding `_C._entry_offsets(tiles_touched int32 [P]) ->
-  int64 [P + 1]`, the exclusive prefix sum bin_gaussians computes); until it
-  exists that test is an expected failure.
+  counts near 2^31 that need no memory, through the binding
+  `_C._entry_offsets(tiles_touched int32 [P]) -> int64 [P + 1]`, the
+  exclusive prefix sum bin_gaussians computes (it calls that function).
 * A million Gaussians render forward and backward on the CPU within memory,
   in a fresh process that reports its peak RSS (resource.getrusage).
 """
@@ -67,17 +66,16 @@ def _entry_offsets():
     return getattr(_backend._C, "_entry_offsets", None) if _backend._C is not None else None
 
 
-@pytest.mark.xfail(_entry_offsets() is None, strict=True, reason=(
-    "proposed binding, not exposed yet: _C._entry_offsets(tiles_touched: int32 [P]) -> int64 [P + 1], the "
-    "exclusive prefix sum of bin_gaussians (cpu/rasterize_points_cpu.cpp) factored out and bound in ext.cpp "
-    "(m.def(\"_entry_offsets\", ...)), so that the int64 arithmetic is tested with counts near 2^31 without "
-    "allocating the entries"))
 def test_entry_offsets_exceed_int32_without_overflow():
+    assert _entry_offsets() is not None, "the compiled extension lacks _C._entry_offsets"
     big = 2**31 - 1  # the largest per-Gaussian count an int32 can hold
     touched = torch.tensor([big, big, 0, big, 7], dtype=torch.int32)
     offsets = _entry_offsets()(touched)
     assert offsets.dtype == torch.int64
     assert offsets.tolist() == [0, big, 2 * big, 2 * big, 3 * big, 3 * big + 7]  # 6442450948 > 2^32
+    assert _entry_offsets()(torch.zeros(0, dtype=torch.int32)).tolist() == [0]
+    with pytest.raises(RuntimeError, match="tiles_touched: expected a contiguous int32 CPU tensor"):
+        _entry_offsets()(touched.long())
 
 
 MILLION = r"""

@@ -82,7 +82,7 @@ def build_sanitized_extension():
 
     gxx, _ = _runtime("libasan.so")
     sources = [REPO / "ext.cpp"] + sorted(Path(p) for p in glob.glob(str(REPO / "cpu" / "*.cpp")))
-    headers = sorted(Path(p) for p in glob.glob(str(REPO / "cuda_rasterizer" / "*.h"))) + [REPO / "rasterize_points.h"]
+    headers = sorted(Path(p) for p in glob.glob(str(REPO / "cuda_rasterizer" / "*.h")) + glob.glob(str(REPO / "*.h")))
     includes = [str(REPO), _glm_dir()] + cpp_extension.include_paths() + [sysconfig.get_paths()["include"]]
     abi = int(bool(getattr(torch._C, "_GLIBCXX_USE_CXX11_ABI", True)))
     cflags = (["-O1", "-g", "-fno-omit-frame-pointer", "-fPIC", "-std=c++20"] + SANITIZE + _cxx_flags_of_setup_py()

@@ -1,0 +1,389 @@
+// Argument checks of the compiled entry points, shared by the CPU glue
+// (cpu/rasterize_points_cpu.cpp) and the CUDA glue (rasterize_points.cu).
+//
+// The public API validates every argument in Python
+// (diff_gaussian_rasterization_ks/_validation.py) before a kernel runs; these
+// checks stand between a direct call of the raw bindings and an out-of-bounds
+// access. They run before any data pointer is read, and each failure is a
+// TORCH_CHECK (a RuntimeError in Python) whose message names the entry point,
+// the argument, what was expected and what was received.
+//
+// Absent optional inputs (shs or colors_precomp, scales and rotations or
+// cov3D_precomp, pixel_weights) arrive as tensors without elements, as
+// ptr_or_null reads them; the rules are those of _validation.py: exactly one
+// of shs / colors_precomp, and either scales and rotations or cov3D_precomp
+// (with P = 0 every input is empty, so only the shapes are checked).
+//
+// The input checks are O(1). The backward also checks the values of the
+// forward state that index memory (tiles_touched and gaussian_offsets,
+// tile_ranges, point_list, slot_entries, n_contrib): one pass over each,
+// O(P + E + H W), cheap next to the backward itself (which visits every entry
+// for each pixel of its tile): under 1% of it for a million Gaussians on the
+// CPU, and one synchronisation on CUDA.
+#pragma once
+
+#include <torch/types.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "cuda_rasterizer/config.h"
+
+namespace dgr {
+namespace checks {
+
+// Position of each forward-state tensor (rasterize_points.h documents the order).
+enum StateIndex {
+    S_MEANS2D = 0,
+    S_DEPTHS,
+    S_CONIC_OPACITY,
+    S_COLORS,
+    S_TILES_TOUCHED,
+    S_GAUSSIAN_OFFSETS,
+    S_TILE_RANGES,
+    S_POINT_LIST,
+    S_SLOT_ENTRIES,
+    S_FINAL_T,
+    S_N_CONTRIB,
+    S_COUNT
+};
+
+// Which entry points are checked: the tensors' device type, and slot_entries
+// (the CPU backward reads it; the CUDA forward leaves it empty).
+enum class Backend { CPU, CUDA };
+
+using Shape = std::vector<int64_t>;
+
+inline std::string shapes_text(const std::vector<Shape>& shapes) {
+    std::ostringstream os;
+    for (size_t i = 0; i < shapes.size(); ++i) os << (i ? " or " : "") << c10::IntArrayRef(shapes[i]);
+    return os.str();
+}
+
+inline std::string context_text(const std::string& context) { return context.empty() ? "" : " (" + context + ")"; }
+
+class Checker {
+   public:
+    Checker(const char* fn, torch::Device device) : fn_(fn), device_(device) {}
+
+    const char* fn() const { return fn_; }
+
+    // `t` has one of `shapes`, dtype `dtype`, lives on the device of means3D
+    // and is contiguous. `context` says where the expected sizes come from.
+    void tensor(const char* name, const torch::Tensor& t, c10::ScalarType dtype, const std::vector<Shape>& shapes,
+                const std::string& context = "") const {
+        defined(name, t);
+        bool ok = false;
+        for (const Shape& s : shapes) ok = ok || t.sizes() == c10::IntArrayRef(s);
+        TORCH_CHECK(ok, fn_, ": ", name, ": expected shape ", shapes_text(shapes), context_text(context), ", got ",
+                    t.sizes());
+        storage(name, t, dtype);
+    }
+
+    // `t` has `numel` elements in any shape (the camera tensors).
+    void elements(const char* name, const torch::Tensor& t, c10::ScalarType dtype, int64_t numel,
+                  const std::string& context) const {
+        defined(name, t);
+        TORCH_CHECK(t.numel() == numel, fn_, ": ", name, ": expected ", numel, " elements", context_text(context),
+                    ", got a tensor of shape ", t.sizes());
+        storage(name, t, dtype);
+    }
+
+    // An optional input: absent (no elements) or as tensor() checks it.
+    // Returns whether it was given.
+    bool optional(const char* name, const torch::Tensor& t, c10::ScalarType dtype, const std::vector<Shape>& shapes,
+                  const std::string& context = "") const {
+        defined(name, t);
+        if (t.numel() == 0) return false;
+        tensor(name, t, dtype, shapes, context);
+        return true;
+    }
+
+   private:
+    void defined(const char* name, const torch::Tensor& t) const {
+        TORCH_CHECK(t.defined(), fn_, ": ", name, ": expected a tensor, got an undefined one");
+    }
+    void storage(const char* name, const torch::Tensor& t, c10::ScalarType dtype) const {
+        TORCH_CHECK(t.device() == device_, fn_, ": ", name, " is on ", t.device(), " but means3D is on ", device_,
+                    device_.is_cuda() ? "; all tensors must be on the same CUDA device"
+                                      : "; the CPU entry points take CPU tensors only");
+        TORCH_CHECK(t.scalar_type() == dtype, fn_, ": ", name, ": expected dtype ", dtype, ", got ", t.scalar_type(),
+                    " (shape ", t.sizes(), ")");
+        TORCH_CHECK(t.is_contiguous(), fn_, ": ", name, ": expected a contiguous tensor, got a non-contiguous one",
+                    " of shape ", t.sizes(), " and strides ", t.strides(), "; call .contiguous()");
+    }
+
+    const char* fn_;
+    torch::Device device_;
+};
+
+// means3D [P, 3] float32 on the backend's device type; the checker for the
+// other arguments (all on the device of means3D).
+inline Checker check_means3D(const char* fn, Backend backend, const torch::Tensor& means3D) {
+    TORCH_CHECK(means3D.defined(), fn, ": means3D: expected a tensor, got an undefined one");
+    const bool cuda = backend == Backend::CUDA;
+    TORCH_CHECK(cuda ? means3D.is_cuda() : means3D.is_cpu(), fn, ": means3D: expected a ", cuda ? "CUDA" : "CPU",
+                " tensor, got one on ", means3D.device());
+    TORCH_CHECK(means3D.dim() == 2 && means3D.size(1) == 3, fn, ": means3D: expected shape [P, 3], got ",
+                means3D.sizes());
+    const Checker c(fn, means3D.device());
+    c.tensor("means3D", means3D, torch::kFloat32, {{means3D.size(0), 3}});
+    TORCH_CHECK(means3D.size(0) < int64_t(INT32_MAX), fn, ": means3D: at most 2^31 - 2 Gaussians, got ",
+                means3D.size(0));
+    return c;
+}
+
+// The per-Gaussian inputs (forward and backward). Returns P.
+inline int64_t check_gaussians(const Checker& c, const torch::Tensor& means3D, const torch::Tensor& colors_precomp,
+                               const torch::Tensor& opacities, const torch::Tensor& importances,
+                               const torch::Tensor& scales, const torch::Tensor& rotations,
+                               const torch::Tensor& cov3D_precomp, const torch::Tensor& shs, int64_t sh_degree) {
+    const int64_t P = means3D.size(0);
+    const std::string from_P = "P = " + std::to_string(P) + " from means3D";
+    c.tensor("opacities", opacities, torch::kFloat32, {{P}, {P, 1}}, from_P);
+    c.tensor("importances", importances, torch::kFloat32, {{P}, {P, 1}}, from_P);
+
+    TORCH_CHECK(sh_degree >= 0 && sh_degree <= dgr::MAX_SH_DEGREE, c.fn(), ": sh_degree: expected an int in [0, ",
+                dgr::MAX_SH_DEGREE, "], got ", sh_degree);
+    const int64_t needed = (sh_degree + 1) * (sh_degree + 1);
+    // shs [P, M, 3], M >= (sh_degree + 1)^2; also with P = 0, where it is
+    // empty but its M still sets the shape of d/dshs
+    const bool has_shs = shs.defined() && (shs.numel() > 0 || shs.dim() == 3);
+    if (has_shs) {
+        TORCH_CHECK(shs.dim() == 3 && shs.size(0) == P && shs.size(1) >= needed && shs.size(2) == 3, c.fn(),
+                    ": shs: expected shape [", P, ", M, 3] with M >= ", needed, " coefficients (sh_degree ",
+                    sh_degree, "; ", from_P, "), got ", shs.sizes());
+        c.tensor("shs", shs, torch::kFloat32, {{P, shs.size(1), 3}}, from_P);
+    }
+    const bool has_colors = c.optional("colors_precomp", colors_precomp, torch::kFloat32, {{P, 3}}, from_P);
+    const bool has_scales = c.optional("scales", scales, torch::kFloat32, {{P, 3}}, from_P);
+    const bool has_rotations = c.optional("rotations", rotations, torch::kFloat32, {{P, 4}}, from_P);
+    const bool has_cov3D = c.optional("cov3D_precomp", cov3D_precomp, torch::kFloat32, {{P, 6}}, from_P);
+    if (P > 0) {
+        TORCH_CHECK(has_shs != has_colors, c.fn(),
+                    ": shs / colors_precomp: expected exactly one of them (the other empty), got ",
+                    has_shs ? "both" : "neither");
+        TORCH_CHECK(has_scales == has_rotations, c.fn(),
+                    ": scales / rotations: expected both or neither (they go together), got only ",
+                    has_scales ? "scales" : "rotations");
+        TORCH_CHECK(has_scales != has_cov3D, c.fn(),
+                    ": scales+rotations / cov3D_precomp: expected either scales and rotations or cov3D_precomp "
+                    "(the other empty), got ",
+                    has_cov3D ? "both" : "neither");
+    }
+    return P;
+}
+
+// The camera and the image size.
+inline void check_camera(const Checker& c, const torch::Tensor& background, const torch::Tensor& viewmatrix,
+                         const torch::Tensor& projmatrix, const torch::Tensor& campos, int64_t height, int64_t width) {
+    c.elements("background", background, torch::kFloat32, 3, "an RGB color");
+    c.elements("viewmatrix", viewmatrix, torch::kFloat32, 16, "a 4x4 matrix");
+    c.elements("projmatrix", projmatrix, torch::kFloat32, 16, "a 4x4 matrix");
+    c.elements("campos", campos, torch::kFloat32, 3, "a 3D point");
+    TORCH_CHECK(height > 0 && width > 0 && height < INT32_MAX && width < INT32_MAX, c.fn(),
+                ": image size: expected a positive height and width below 2^31 - 1, got ", height, " x ", width);
+}
+
+struct Sizes {
+    int64_t P, H, W;
+};
+
+inline Sizes check_forward_args(const char* fn, Backend backend, const torch::Tensor& background,
+                                const torch::Tensor& means3D, const torch::Tensor& colors_precomp,
+                                const torch::Tensor& opacities, const torch::Tensor& importances,
+                                const torch::Tensor& scales, const torch::Tensor& rotations,
+                                const torch::Tensor& cov3D_precomp, const torch::Tensor& viewmatrix,
+                                const torch::Tensor& projmatrix, int64_t image_height, int64_t image_width,
+                                const torch::Tensor& shs, int64_t sh_degree, const torch::Tensor& campos,
+                                const torch::Tensor& pixel_weights) {
+    const Checker c = check_means3D(fn, backend, means3D);
+    const int64_t P = check_gaussians(c, means3D, colors_precomp, opacities, importances, scales, rotations,
+                                      cov3D_precomp, shs, sh_degree);
+    check_camera(c, background, viewmatrix, projmatrix, campos, image_height, image_width);
+    c.optional("pixel_weights", pixel_weights, torch::kFloat32, {{image_height, image_width}},
+               "image_height, image_width");
+    return Sizes{P, image_height, image_width};
+}
+
+// [H, W]: for each pixel, the number of entries of its tile (tile_ranges
+// already checked to be non-decreasing).
+inline torch::Tensor per_pixel_counts(const torch::Tensor& ranges, int64_t grid_x, int64_t grid_y, int64_t H,
+                                      int64_t W) {
+    return ranges.diff()
+        .view({grid_y, grid_x})
+        .repeat_interleave(dgr::TILE_Y, 0)
+        .repeat_interleave(dgr::TILE_X, 1)
+        .narrow(0, 0, H)
+        .narrow(1, 0, W);
+}
+
+// The forward state: shapes and dtypes against P (means3D), H, W (final_T)
+// and the tile grid, then the values that index memory.
+inline void check_forward_state(const Checker& c, Backend backend, const std::vector<torch::Tensor>& state, int64_t P,
+                                int64_t H, int64_t W) {
+    const int64_t grid_x = (W + dgr::TILE_X - 1) / dgr::TILE_X, grid_y = (H + dgr::TILE_Y - 1) / dgr::TILE_Y;
+    const int64_t tiles = grid_x * grid_y;
+    const torch::Tensor& point_list = state[S_POINT_LIST];
+    TORCH_CHECK(point_list.defined() && point_list.dim() == 1, c.fn(), ": state.point_list: expected shape [E], got ",
+                point_list.defined() ? point_list.sizes() : c10::IntArrayRef());
+    const int64_t E = point_list.numel();
+    const std::string from_P = "P = " + std::to_string(P) + " from means3D";
+    const std::string from_HW = "H = " + std::to_string(H) + ", W = " + std::to_string(W) + " from state.final_T";
+    const std::string from_E = "E = " + std::to_string(E) + " from state.point_list";
+    c.tensor("state.means2D", state[S_MEANS2D], torch::kFloat32, {{P, 2}}, from_P);
+    c.tensor("state.depths", state[S_DEPTHS], torch::kFloat32, {{P}}, from_P);
+    c.tensor("state.conic_opacity", state[S_CONIC_OPACITY], torch::kFloat32, {{P, 4}}, from_P);
+    c.tensor("state.colors", state[S_COLORS], torch::kFloat32, {{P, 3}}, from_P);
+    c.tensor("state.tiles_touched", state[S_TILES_TOUCHED], torch::kInt32, {{P}}, from_P);
+    c.tensor("state.gaussian_offsets", state[S_GAUSSIAN_OFFSETS], torch::kInt64, {{P + 1}}, from_P);
+    c.tensor("state.tile_ranges", state[S_TILE_RANGES], torch::kInt64, {{tiles + 1}},
+             std::to_string(grid_x) + " x " + std::to_string(grid_y) + " tiles of " + std::to_string(dgr::TILE_X) +
+                 " x " + std::to_string(dgr::TILE_Y) + " pixels for " + from_HW);
+    c.tensor("state.point_list", point_list, torch::kInt32, {{E}});
+    const bool cpu = backend == Backend::CPU;
+    if (cpu)
+        c.tensor("state.slot_entries", state[S_SLOT_ENTRIES], torch::kInt64, {{E}}, from_E);
+    else  // unused by the CUDA backward, which leaves it empty
+        c.tensor("state.slot_entries", state[S_SLOT_ENTRIES], torch::kInt64, {{0}, {E}}, from_E);
+    c.tensor("state.final_T", state[S_FINAL_T], torch::kFloat32, {{H, W}});
+    c.tensor("state.n_contrib", state[S_N_CONTRIB], torch::kInt32, {{H, W}}, from_HW);
+
+    // The values. CPU: plain serial loops over the (checked, contiguous)
+    // tensors, one pass each and no temporaries (~15 ms for 22 M entries;
+    // parallel torch ops would cost more in thread-pool round trips than in
+    // work on a busy machine). CUDA: the same conditions as torch ops, read
+    // back together (one synchronisation). The message of a failing one is
+    // built only then.
+    const torch::Tensor& touched = state[S_TILES_TOUCHED];
+    const torch::Tensor& offsets = state[S_GAUSSIAN_OFFSETS];
+    const torch::Tensor& ranges = state[S_TILE_RANGES];
+    const torch::Tensor& slots = state[S_SLOT_ENTRIES];
+    const torch::Tensor& n_contrib = state[S_N_CONTRIB];
+    enum { TOUCHED, OFFSETS, RANGES, POINTS, SLOTS, N_CONTRIB, NUM_CONDITIONS };
+    bool ok[NUM_CONDITIONS];
+    if (cpu) {
+        const int32_t* t = touched.data_ptr<int32_t>();
+        const int64_t* o = offsets.data_ptr<int64_t>();
+        const int64_t* r = ranges.data_ptr<int64_t>();
+        int32_t t_min = 0;
+        for (int64_t i = 0; i < P; ++i) t_min = std::min(t_min, t[i]);
+        ok[TOUCHED] = t_min >= 0;
+        // (unsigned: wraps instead of overflowing on garbage; with counts in
+        // [0, 2^31) and P < 2^31 the sums cannot wrap, so this is exact)
+        bool steps = o[0] == 0 && o[P] == E;
+        for (int64_t i = 0; i < P; ++i) steps &= uint64_t(o[i + 1]) - uint64_t(o[i]) == uint64_t(int64_t(t[i]));
+        ok[OFFSETS] = steps;
+        bool monotone = r[0] == 0 && r[tiles] == E;
+        for (int64_t k = 0; k < tiles; ++k) monotone &= r[k + 1] >= r[k];
+        ok[RANGES] = monotone;
+        auto in_range = [](const auto* v, int64_t n, int64_t end) {
+            if (n == 0) return true;
+            auto lo = v[0], hi = v[0];
+            for (int64_t i = 1; i < n; ++i) {
+                lo = std::min(lo, v[i]);
+                hi = std::max(hi, v[i]);
+            }
+            return lo >= 0 && int64_t(hi) < end;
+        };
+        ok[POINTS] = in_range(point_list.data_ptr<int32_t>(), E, P);
+        ok[SLOTS] = in_range(slots.data_ptr<int64_t>(), E, E);
+        bool contrib = true;
+        if (monotone) {  // (else the tile counts are meaningless; RANGES fails first)
+            const int32_t* nc = n_contrib.data_ptr<int32_t>();
+            for (int64_t y = 0; y < H; ++y)
+                for (int64_t x = 0; x < W; ++x) {
+                    const int64_t tile = (y / dgr::TILE_Y) * grid_x + x / dgr::TILE_X;
+                    const int64_t v = nc[y * W + x];
+                    contrib &= v >= 0 && v <= r[tile + 1] - r[tile];
+                }
+        }
+        ok[N_CONTRIB] = contrib;
+    } else {
+        std::vector<torch::Tensor> conditions(NUM_CONDITIONS);
+        conditions[TOUCHED] = (touched >= 0).all();
+        conditions[OFFSETS] =
+            (offsets[0] == 0).logical_and((offsets.diff() == touched).all()).logical_and(offsets[-1] == E);
+        conditions[RANGES] = (ranges[0] == 0).logical_and((ranges.diff() >= 0).all()).logical_and(ranges[-1] == E);
+        conditions[POINTS] = E == 0 ? torch::ones({}, touched.options().dtype(torch::kBool))
+                                    : (point_list >= 0).logical_and(point_list < P).all();
+        conditions[SLOTS] = torch::ones({}, touched.options().dtype(torch::kBool));  // unused by the CUDA backward
+        conditions[N_CONTRIB] = n_contrib.le(per_pixel_counts(ranges, grid_x, grid_y, H, W))
+                                    .logical_and(n_contrib >= 0)
+                                    .all();
+        const torch::Tensor verdict = torch::stack(conditions).cpu();  // synchronises
+        for (int k = 0; k < NUM_CONDITIONS; ++k) ok[k] = verdict[k].item<bool>();
+    }
+
+    auto first_last = [](const torch::Tensor& t) {
+        std::ostringstream os;
+        os << "first " << t[0].item<int64_t>() << ", last " << t[-1].item<int64_t>();
+        return os.str();
+    };
+    auto min_max = [](const torch::Tensor& t) {
+        std::ostringstream os;
+        os << "[" << t.min().item<int64_t>() << ", " << t.max().item<int64_t>() << "]";
+        return os.str();
+    };
+    TORCH_CHECK(ok[TOUCHED], c.fn(), ": state.tiles_touched: expected non-negative counts, got a minimum of ",
+                touched.min().item<int64_t>());
+    TORCH_CHECK(ok[OFFSETS], c.fn(),
+                ": state.gaussian_offsets: expected the exclusive prefix sum of state.tiles_touched, from 0 to E (",
+                from_E, "), got ", first_last(offsets), " (or steps other than tiles_touched)");
+    TORCH_CHECK(ok[RANGES], c.fn(), ": state.tile_ranges: expected non-decreasing tile starts from 0 to E (", from_E,
+                "), got ", first_last(ranges), " (or a decreasing step)");
+    TORCH_CHECK(ok[POINTS], c.fn(), ": state.point_list: expected Gaussian indices in [0, ", P, ") (", from_P,
+                "), got values in ", min_max(point_list));
+    TORCH_CHECK(ok[SLOTS], c.fn(), ": state.slot_entries: expected entry indices in [0, ", E, ") (", from_E,
+                "), got values in ", min_max(slots));
+    if (!ok[N_CONTRIB]) {
+        const torch::Tensor per_pixel = per_pixel_counts(ranges, grid_x, grid_y, H, W);
+        const torch::Tensor bad = (n_contrib < 0).logical_or(n_contrib > per_pixel).nonzero()[0];
+        const int64_t y = bad[0].item<int64_t>(), x = bad[1].item<int64_t>();
+        TORCH_CHECK(false, c.fn(), ": state.n_contrib: expected per pixel a count in [0, length of its tile's list], got ",
+                    n_contrib[y][x].item<int64_t>(), " at pixel (y ", y, ", x ", x, ") whose tile lists ",
+                    per_pixel[y][x].item<int64_t>(), " entries");
+    }
+}
+
+inline Sizes check_backward_args(const char* fn, Backend backend, const torch::Tensor& background,
+                                 const torch::Tensor& means3D, const torch::Tensor& colors_precomp,
+                                 const torch::Tensor& opacities, const torch::Tensor& importances,
+                                 const torch::Tensor& scales, const torch::Tensor& rotations,
+                                 const torch::Tensor& cov3D_precomp, const torch::Tensor& viewmatrix,
+                                 const torch::Tensor& projmatrix, const torch::Tensor& shs, int64_t sh_degree,
+                                 const torch::Tensor& campos, const std::vector<torch::Tensor>& state,
+                                 const torch::Tensor& dL_dcolor, const torch::Tensor& dL_dimportance,
+                                 const torch::Tensor& dL_dinvdepth, const torch::Tensor& dL_dalpha) {
+    const Checker c = check_means3D(fn, backend, means3D);
+    const int64_t P = check_gaussians(c, means3D, colors_precomp, opacities, importances, scales, rotations,
+                                      cov3D_precomp, shs, sh_degree);
+    TORCH_CHECK(state.size() == size_t(S_COUNT), fn, ": state: expected the ", int(S_COUNT),
+                " forward-state tensors the forward returns after its first five outputs, got ", state.size());
+    const torch::Tensor& final_T = state[S_FINAL_T];
+    TORCH_CHECK(final_T.defined() && final_T.dim() == 2, fn, ": state.final_T: expected shape [H, W], got ",
+                final_T.defined() ? final_T.sizes() : c10::IntArrayRef());
+    const int64_t H = final_T.size(0), W = final_T.size(1);
+    check_camera(c, background, viewmatrix, projmatrix, campos, H, W);
+    const std::string from_HW = "H = " + std::to_string(H) + ", W = " + std::to_string(W) + " from state.final_T";
+    c.tensor("dL_dcolor", dL_dcolor, torch::kFloat32, {{3, H, W}}, from_HW);
+    c.tensor("dL_dimportance", dL_dimportance, torch::kFloat32, {{H, W}}, from_HW);
+    c.tensor("dL_dinvdepth", dL_dinvdepth, torch::kFloat32, {{H, W}, {1, H, W}}, from_HW);
+    c.tensor("dL_dalpha", dL_dalpha, torch::kFloat32, {{H, W}, {1, H, W}}, from_HW);
+    check_forward_state(c, backend, state, P, H, W);
+    return Sizes{P, H, W};
+}
+
+inline int64_t check_mark_visible_args(const char* fn, Backend backend, const torch::Tensor& means3D,
+                                       const torch::Tensor& viewmatrix, const torch::Tensor& projmatrix) {
+    const Checker c = check_means3D(fn, backend, means3D);
+    c.elements("viewmatrix", viewmatrix, torch::kFloat32, 16, "a 4x4 matrix");
+    c.elements("projmatrix", projmatrix, torch::kFloat32, 16, "a 4x4 matrix");
+    return means3D.size(0);
+}
+
+}  // namespace checks
+}  // namespace dgr
