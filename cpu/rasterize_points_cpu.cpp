@@ -295,10 +295,13 @@ struct TileSplats {
     float* raw_field(int f) { return raw.data() + f * capacity; }
     const float* field(int f) const { return data.data() + f * capacity; }
 
-    DGR_INLINE dgr::Splat splat(int64_t j) const {
+    DGR_INLINE dgr::Splat splat(int64_t j) const { return splat_from(data.data(), j); }
+    DGR_INLINE dgr::Splat raw_splat(int64_t j) const { return splat_from(raw.data(), j); }
+    DGR_INLINE dgr::Splat splat_from(const float* fields, int64_t j) const {
         dgr::Splat s;
-        s.mean = glm::vec2(field(MX)[j], field(MY)[j]);
-        s.conic_opacity = glm::vec4(field(CA)[j], field(CB)[j], field(CC)[j], field(OPACITY)[j]);
+        s.mean = glm::vec2(fields[MX * capacity + j], fields[MY * capacity + j]);
+        s.conic_opacity = glm::vec4(fields[CA * capacity + j], fields[CB * capacity + j], fields[CC * capacity + j],
+                                    fields[OPACITY * capacity + j]);
         return s;
     }
     DGR_INLINE dgr::SplatFeatures features(int64_t j) const {
@@ -346,15 +349,12 @@ DGR_INLINE void load_tile(TileSplats& ts, const dgr::SplatSource& src, const int
             raw[TileSplats::OPACITY][j] = src.conic_opacity[4 * g + 3];
         }
         int32_t* flags = ts.flags.data();
+        const TileSplats& c = ts;
         const float x0 = float(rect.x0), y0 = float(rect.y0), x1 = float(rect.x1), y1 = float(rect.y1);
+        // (the splat built by a call, as in flag_splats_in_rect: a Splat
+        // declared in the loop body and filled field by field does not vectorise)
 #pragma omp simd
-        for (int64_t j = 0; j < n; ++j) {
-            dgr::Splat s;
-            s.mean = glm::vec2(raw[TileSplats::MX][j], raw[TileSplats::MY][j]);
-            s.conic_opacity = glm::vec4(raw[TileSplats::CA][j], raw[TileSplats::CB][j], raw[TileSplats::CC][j],
-                                        raw[TileSplats::OPACITY][j]);
-            flags[j] = dgr::splat_may_touch_rect(s, x0, y0, x1, y1) ? 1 : 0;
-        }
+        for (int64_t j = 0; j < n; ++j) flags[j] = dgr::splat_may_touch_rect(c.raw_splat(j), x0, y0, x1, y1) ? 1 : 0;
         int32_t* position = ts.position.data();
         m = 0;
         for (int64_t j = 0; j < n; ++j) {
@@ -510,7 +510,7 @@ struct ForwardLanes {
 // Per-lane scratch of the statistics.
 struct StatsLanes {
     alignas(64) float pixel_weight[LANES];
-    alignas(64) float weight[LANES];  // this step's alpha T, or -1 where the pixel did not blend the splat
+    alignas(64) float weight[LANES];  // this step's alpha T, or 0 where the pixel did not blend the splat
 };
 
 DGR_INLINE bool any_lane(const int32_t* v) {
@@ -542,7 +542,9 @@ DGR_INLINE bool forward_step(const ForwardLanes& in, ForwardLanes& out, TileSpla
         out.last[l] = took ? position + 1 : in.last[l];
         out.running[l] = finished ? 0 : in.running[l];
         if (kStats) {
-            sl.weight[l] = took ? acc.last_weight : -1.0f;
+            // 0 where the pixel did not blend the splat: a blended alpha T is
+            // always > 0 (alpha >= 1/255, T >= 1e-4), so 0 adds nothing below
+            sl.weight[l] = took ? acc.last_weight : 0.0f;
             dgr::TopContributor<int32_t> top;
             top.weight = in.top_weight[l];
             top.id = in.top_id[l];
@@ -569,9 +571,9 @@ DGR_INLINE bool forward_step(const ForwardLanes& in, ForwardLanes& out, TileSpla
             int32_t hit[4];
             for (int q = 0; q < 4; ++q) {
                 const dgr::SplatStats p = dgr::pixel_stats(w[q], pw[q]);
-                const bool blended = w[q] >= 0.f;
-                acc_w[q] = blended ? p.accum_weight : 0.f;
-                max_w[q] = blended ? p.max_weight : 0.f;
+                const bool blended = w[q] > 0.f;
+                acc_w[q] = blended ? p.accum_weight : 0.f;  // (pw * 0 may be NaN for a non-finite pixel weight)
+                max_w[q] = p.max_weight;                     // 0 where not blended: leaves max_weight >= 0 as is
                 hit[q] = blended ? p.hit_count : 0;
             }
             dgr::SplatStats a{acc_w[0], max_w[0], hit[0], 0}, c{acc_w[2], max_w[2], hit[2], 0};
@@ -604,7 +606,7 @@ DGR_INLINE void forward_block(const ForwardArgs& a, TileSplats& ts, const int32_
         A.running[l] = b.inside[l];
         sl.pixel_weight[l] = kStats && a.pixel_weight != nullptr && b.inside[l] ? a.pixel_weight[b.pix[l]] : 1.0f;
         const dgr::TopContributor<int32_t> top;
-        A.top_weight[l] = top.weight;
+        A.top_weight[l] = 0.f;  // (not top.weight = -1: a splat not blended offers 0, which must not win)
         A.top_id[l] = top.id;
     }
     const ForwardLanes* fin = &A;
@@ -653,24 +655,17 @@ DGR_MULTIVERSION void forward_tile(const ForwardArgs& a, int64_t tile) {
             forward_block<false>(a, ts, ts.list.data(), count, r);
     }
     if (!stats) return;
-    // every entry of the tile gets its statistics (zero for the culled ones)
-    for (int64_t p = 0, j = 0; p < end - begin; ++p) {
-        // in slot order, so that the per-Gaussian sum reads its entries in a row
-        dgr::SplatStats& e = a.slot_stats[a.entry_slot[begin + p]];  // fields written one by one (no struct copy)
-        const bool kept = j < m && ts.position[j] == p;
-        const int32_t hits = kept ? lane_count<STAT_LANES>(ts.hit_lanes.data() + j * STAT_LANES) : 0;
-        if (hits > 0) {  // (else its partial sums are all zero)
-            e.accum_weight = lane_sum<STAT_LANES>(ts.accum_lanes.data() + j * STAT_LANES);
-            e.max_weight = lane_max<STAT_LANES>(ts.max_lanes.data() + j * STAT_LANES);
-            e.hit_count = hits;
-            e.top_count = ts.top_count[j];
-        } else {
-            e.accum_weight = 0.f;
-            e.max_weight = 0.f;
-            e.hit_count = 0;
-            e.top_count = 0;
-        }
-        j += kept ? 1 : 0;
+    // the statistics of the entries some pixel blended, at their slots (so
+    // that the per-Gaussian sum reads its entries in a row); the others stay
+    // zero, as the buffer was allocated (see rasterize_forward_cpu)
+    for (int64_t j = 0; j < m; ++j) {
+        const int32_t hits = lane_count<STAT_LANES>(ts.hit_lanes.data() + j * STAT_LANES);
+        if (hits == 0) continue;
+        dgr::SplatStats& e = a.slot_stats[a.entry_slot[begin + ts.position[j]]];  // field by field: no struct copy
+        e.accum_weight = lane_sum<STAT_LANES>(ts.accum_lanes.data() + j * STAT_LANES);
+        e.max_weight = lane_max<STAT_LANES>(ts.max_lanes.data() + j * STAT_LANES);
+        e.hit_count = hits;
+        e.top_count = ts.top_count[j];
     }
 }
 
@@ -913,9 +908,15 @@ std::vector<torch::Tensor> rasterize_forward_cpu(
 
     // Statistics go per (Gaussian, tile) entry, owned by one tile: race free.
     const int64_t num_entries = bins.point_list.size(0);
-    std::unique_ptr<dgr::SplatStats[]> slot_stats;
-    if (compute_stats)  // not zeroed: every tile writes all of its entries
-        slot_stats.reset(new dgr::SplatStats[size_t(std::max<int64_t>(num_entries, 1))]);
+    // zeroed by calloc (for a large buffer: fresh zero pages, no memset), as
+    // tiles write only the entries some pixel blended
+    std::unique_ptr<dgr::SplatStats, decltype(&std::free)> slot_stats(nullptr, &std::free);
+    if (compute_stats) {
+        slot_stats.reset(static_cast<dgr::SplatStats*>(
+            std::calloc(size_t(std::max<int64_t>(num_entries, 1)), sizeof(dgr::SplatStats))));
+        TORCH_CHECK(slot_stats != nullptr, "rasterize_forward_cpu: out of memory for the statistics of ",
+                    num_entries, " tile entries");
+    }
 
     ForwardArgs args;
     args.frame = Frame{H, W, grid};
@@ -954,7 +955,7 @@ std::vector<torch::Tensor> rasterize_forward_cpu(
         at::parallel_for(0, P, 1024, [&](int64_t begin, int64_t end) {
             for (int64_t i = begin; i < end; ++i) {
                 dgr::SplatStats sum{0.f, 0.f, 0, 0};
-                for (int64_t k = offsets[i]; k < offsets[i + 1]; ++k) dgr::merge_stats(sum, slot_stats[k]);
+                for (int64_t k = offsets[i]; k < offsets[i + 1]; ++k) dgr::merge_stats(sum, slot_stats.get()[k]);
                 accum[i] = sum.accum_weight;
                 maxw[i] = sum.max_weight;
                 hits[i] = sum.hit_count;
