@@ -55,6 +55,16 @@ void parallel_for_dynamic(int64_t n, const F& f) {
     });
 }
 
+// Runs f(begin, end) over [0, n) in chunks of `chunk`, handed out one at a
+// time (parallel_for_dynamic over chunks): for loops whose cost per index
+// varies along the range (the preprocess: culled Gaussians cost little, and
+// scenes are often stored with the visible ones bunched together).
+template <typename F>
+void parallel_for_chunks(int64_t n, int64_t chunk, const F& f) {
+    parallel_for_dynamic((n + chunk - 1) / chunk,
+                         [&](int64_t c) { f(c * chunk, std::min(n, (c + 1) * chunk)); });
+}
+
 dgr::Camera make_camera(const torch::Tensor& viewmatrix, const torch::Tensor& projmatrix, const torch::Tensor& campos,
                         double tan_fovx, double tan_fovy, int64_t height, int64_t width) {
     dgr::Camera cam;
@@ -875,7 +885,7 @@ std::vector<torch::Tensor> rasterize_forward_cpu(
                                  depths.data_ptr<float>(),        conic_opacity.data_ptr<float>(),
                                  colors.data_ptr<float>(),        tile_rects.data_ptr<int>(),
                                  tiles_touched.data_ptr<int>()};
-    at::parallel_for(0, P, 1024, [&](int64_t begin, int64_t end) {
+    parallel_for_chunks(P, 4096, [&](int64_t begin, int64_t end) {
         for (int64_t i = begin; i < end; ++i) {
             dgr::preprocess_gaussian(int(i), in, cam, grid.grid_x, grid.grid_y, proj);
             if (proj.tiles_touched[i] == 0) {  // culled: the fields preprocess_gaussian leaves alone
@@ -1041,7 +1051,7 @@ std::vector<torch::Tensor> rasterize_backward_cpu(
     const int* touched = st.tiles_touched.data_ptr<int>();
     // which gradients preprocess_gaussian_backward writes for a visible Gaussian
     const bool colors_given = in.colors_precomp != nullptr, cov3D_given = in.cov3D_precomp != nullptr;
-    at::parallel_for(0, P, 256, [&](int64_t begin, int64_t end) {
+    parallel_for_chunks(P, 2048, [&](int64_t begin, int64_t end) {  // (visible Gaussians cost more)
         for (int64_t i = begin; i < end; ++i) {
             const bool visible = touched[i] != 0;
             if (visible) {
