@@ -486,13 +486,17 @@ std::unique_ptr<int64_t[]> entry_slots(const int64_t* slot_entries, int64_t num_
     return entry_slot;
 }
 
-struct ForwardArgs {
+// What both passes' tile loops read: the frame, the splats and their tile lists.
+struct TileArgs {
     Frame frame;
     dgr::SplatSource src;
     const int64_t* ranges;
     const int32_t* points;
     const float* bg;
     bool cull;
+};
+
+struct ForwardArgs : TileArgs {
     float* color;
     float* importance;
     float* invdepth;
@@ -679,13 +683,7 @@ DGR_MULTIVERSION void forward_tile(const ForwardArgs& a, int64_t tile) {
     }
 }
 
-struct BackwardArgs {
-    Frame frame;
-    dgr::SplatSource src;
-    const int64_t* ranges;
-    const int32_t* points;
-    const float* bg;
-    bool cull;
+struct BackwardArgs : TileArgs {
     const float* final_T;
     const int* n_contrib;
     const float* dL_dcolor;
