@@ -541,7 +541,7 @@ DGR_INLINE bool forward_step(const ForwardLanes& in, ForwardLanes& out, TileSpla
     const dgr::Splat s = ts.splat(j);
     const dgr::SplatFeatures f = ts.features(j);
     const int32_t position = ts.position[j];
-#pragma omp simd
+#pragma omp simd  // hot: must vectorise (tests/test_cpu_vectorised.py)
     for (int l = 0; l < LANES; ++l) {
         float alpha, G;
         const bool pass = dgr::splat_alpha(s.conic_opacity, s.mean.x - b.px[l], s.mean.y - b.py[l], alpha, G);
@@ -574,7 +574,7 @@ DGR_INLINE bool forward_step(const ForwardLanes& in, ForwardLanes& out, TileSpla
         float* maxw = ts.max_lanes.data() + int64_t(j) * STAT_LANES;
         int32_t* hits = ts.hit_lanes.data() + int64_t(j) * STAT_LANES;
         constexpr int Q = STAT_LANES;
-#pragma omp simd
+#pragma omp simd  // hot: must vectorise (tests/test_cpu_vectorised.py)
         for (int l = 0; l < Q; ++l) {
             float w[4], pw[4];
             for (int q = 0; q < 4; ++q) {  // lanes l, l + 2Q, l + Q, l + 3Q
@@ -717,7 +717,7 @@ DGR_INLINE void backward_step(const BackwardLanes& in, BackwardLanes& out, TileS
     const dgr::Splat s = ts.splat(j);
     const dgr::SplatFeatures f = ts.features(j);
     const int32_t position = ts.position[j];
-#pragma omp simd
+#pragma omp simd  // hot: must vectorise (tests/test_cpu_vectorised.py)
     for (int l = 0; l < LANES; ++l) {
         const float dx = s.mean.x - b.px[l], dy = s.mean.y - b.py[l];
         float alpha, G;
@@ -752,7 +752,7 @@ DGR_INLINE void backward_step(const BackwardLanes& in, BackwardLanes& out, TileS
     for (int k = 0; k < GRAD_FLOATS; ++k) {
         const float* v = bp.grad[k];
         float* a = acc + k * GRAD_LANES;
-#pragma omp simd
+#pragma omp simd  // hot: must vectorise (tests/test_cpu_vectorised.py)
         for (int l = 0; l < GRAD_LANES; ++l)
             a[l] = a[l] + ((v[l] + v[l + 2 * GRAD_LANES]) + (v[l + GRAD_LANES] + v[l + 3 * GRAD_LANES]));
     }
