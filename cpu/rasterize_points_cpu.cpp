@@ -1051,13 +1051,14 @@ std::vector<torch::Tensor> rasterize_backward_cpu(
     const bool colors_given = in.colors_precomp != nullptr, cov3D_given = in.cov3D_precomp != nullptr;
     parallel_for_chunks(P, 2048, [&](int64_t begin, int64_t end) {  // (visible Gaussians cost more)
         for (int64_t i = begin; i < end; ++i) {
-            const bool visible = touched[i] != 0;
-            if (visible) {
+            bool visible = false;  // whether preprocess_gaussian_backward wrote this row
+            if (touched[i] != 0) {
                 dgr::SplatGrad sum;
                 std::memset(&sum, 0, sizeof(sum));
                 for (int64_t k = offsets[i]; k < offsets[i + 1]; ++k) add_splat_grad(sum, slot_grads[k]);
-                dgr::preprocess_gaussian_backward(int(i), in, cam, grid.grid_x, grid.grid_y, sum, out);
-            } else {
+                visible = dgr::preprocess_gaussian_backward(int(i), in, cam, grid.grid_x, grid.grid_y, sum, out);
+            }
+            if (!visible) {
                 std::fill_n(out.means3D + 3 * i, 3, 0.f);
                 std::fill_n(out.means2D + 3 * i, 3, 0.f);
                 out.opacities[i] = 0.f;

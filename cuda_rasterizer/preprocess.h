@@ -151,13 +151,15 @@ struct GaussianGrads {
 
 // Chains one visible Gaussian's screen-space gradient (summed over its
 // pixels) back to its inputs, recomputing the forward quantities it needs.
-RASTER_HD void preprocess_gaussian_backward(int idx, const GaussianInputs& in, const Camera& cam, int grid_x,
+// Returns false, writing nothing, for a Gaussian the preprocess culls
+// (radius 0: behind the camera, a non-finite attribute, ...): its gradients
+// are zero whatever the upstream says, and the caller provides those zeros.
+// (The drivers call this only for Gaussians that touched a tile, so that
+// happens only if the inputs changed since the forward.)
+RASTER_HD bool preprocess_gaussian_backward(int idx, const GaussianInputs& in, const Camera& cam, int grid_x,
                                             int grid_y, const SplatGrad& g, const GaussianGrads& out) {
     const GaussianProjection p = project_gaussian(in, idx, cam, grid_x, grid_y);
-    // The drivers call this only for Gaussians that touched a tile. A culled
-    // one (radius 0: behind the camera, a non-finite attribute, ...) keeps
-    // the zero gradients its caller initialised, whatever the upstream says.
-    if (!p.visible) return;
+    if (!p.visible) return false;
     const glm::vec3 mean = load_vec3(in.means3D, idx);
     out.means2D[3 * idx] = g.mean[0];
     out.means2D[3 * idx + 1] = g.mean[1];
@@ -207,6 +209,7 @@ RASTER_HD void preprocess_gaussian_backward(int idx, const GaussianInputs& in, c
         for (int k = 0; k < 3; ++k) out.scales[3 * idx + k] = dL_dscale[k];
         for (int k = 0; k < 4; ++k) out.rotations[4 * idx + k] = dL_drot[k];
     }
+    return true;
 }
 
 }  // namespace dgr

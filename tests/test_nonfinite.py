@@ -247,3 +247,32 @@ def test_non_finite_camera_number_raises_value_error(field, value):
     settings, inputs = stack_scene()
     with pytest.raises(ValueError, match=rf"raster_settings\.{field}: expected a finite"):
         GaussianRasterizer(settings._replace(**{field: value}))(**inputs)
+
+
+def test_backward_gives_zeros_to_a_gaussian_that_became_non_finite_after_the_forward():
+    """The raw backward re-runs the preprocess; if a Gaussian the forward drew
+    is culled there (its opacity went NaN in between, e.g. a caller replaying
+    the binding), its gradients are zeros, not whatever the output buffers
+    held. Every other Gaussian's gradients are finite."""
+    import reliability_support as rs
+
+    settings, inputs = stack_scene(sh_degree=2)
+    with rs.recorded_kernel_calls() as calls:
+        render_and_backward(settings, inputs, upstream_gradients(H, W, seed=1))
+    (args, kwargs), = calls["backward"]
+    radii = calls["forward_results"][0][2]
+    assert radii[VICTIM] > 0, "the victim was drawn in the forward"
+    OPACITIES = 3  # the backward's positional arguments start like the forward's
+    args = list(args)
+    opacities = args[OPACITIES].clone()
+    opacities.view(-1)[VICTIM] = NAN
+    args[OPACITIES] = opacities
+    from diff_gaussian_rasterization_ks import _C
+
+    for _ in range(3):  # fresh output buffers each time; garbage would show in one of them
+        for g in _C.rasterize_backward_cpu(*args, **kwargs):
+            if g.numel() == 0:
+                continue
+            assert torch.isfinite(g).all()
+            assert (g.reshape(g.shape[0], -1)[VICTIM] == 0).all()
+
