@@ -306,7 +306,6 @@ struct TileSplats {
     const float* field(int f) const { return data.data() + f * capacity; }
 
     DGR_INLINE dgr::Splat splat(int64_t j) const { return splat_from(data.data(), j); }
-    DGR_INLINE dgr::Splat raw_splat(int64_t j) const { return splat_from(raw.data(), j); }
     DGR_INLINE dgr::Splat splat_from(const float* fields, int64_t j) const {
         dgr::Splat s;
         s.mean = glm::vec2(fields[MX * capacity + j], fields[MY * capacity + j]);
@@ -326,13 +325,28 @@ TileSplats& thread_scratch() {
     return scratch;
 }
 
-// flags[j] = splat j may be blended in `rect` (all 1 when culling is off).
-DGR_INLINE void flag_splats_in_rect(TileSplats& ts, int64_t n, const PixelRect& rect, bool cull) {
+// flags[j] = splat j of the structure-of-arrays `fields` (ts.data or ts.raw)
+// may be blended in `rect` (all 1 when culling is off). The Splat is built by
+// a call (splat_from): one declared in the loop and filled field by field
+// does not vectorise.
+DGR_INLINE void flag_splats_in_rect(TileSplats& ts, const float* fields, int64_t n, const PixelRect& rect,
+                                    bool cull) {
     int32_t* flags = ts.flags.data();
     const TileSplats& c = ts;
     const float x0 = float(rect.x0), y0 = float(rect.y0), x1 = float(rect.x1), y1 = float(rect.y1);
 #pragma omp simd
-    for (int64_t j = 0; j < n; ++j) flags[j] = (!cull | dgr::splat_may_touch_rect(c.splat(j), x0, y0, x1, y1)) ? 1 : 0;
+    for (int64_t j = 0; j < n; ++j)
+        flags[j] = (!cull | dgr::splat_may_touch_rect(c.splat_from(fields, j), x0, y0, x1, y1)) ? 1 : 0;
+}
+
+// out = the j in [0, n) whose flag is set, in order; returns how many.
+DGR_INLINE int64_t flagged(const int32_t* flags, int64_t n, int32_t* out) {
+    int64_t count = 0;
+    for (int64_t j = 0; j < n; ++j) {
+        out[count] = int32_t(j);
+        count += flags[j];
+    }
+    return count;
 }
 
 // Loads the splats of tile-list entries [begin, end) that may be blended in
@@ -358,19 +372,8 @@ DGR_INLINE void load_tile(TileSplats& ts, const dgr::SplatSource& src, const int
             raw[TileSplats::CC][j] = src.conic_opacity[4 * g + 2];
             raw[TileSplats::OPACITY][j] = src.conic_opacity[4 * g + 3];
         }
-        int32_t* flags = ts.flags.data();
-        const TileSplats& c = ts;
-        const float x0 = float(rect.x0), y0 = float(rect.y0), x1 = float(rect.x1), y1 = float(rect.y1);
-        // (the splat built by a call, as in flag_splats_in_rect: a Splat
-        // declared in the loop body and filled field by field does not vectorise)
-#pragma omp simd
-        for (int64_t j = 0; j < n; ++j) flags[j] = dgr::splat_may_touch_rect(c.raw_splat(j), x0, y0, x1, y1) ? 1 : 0;
-        int32_t* position = ts.position.data();
-        m = 0;
-        for (int64_t j = 0; j < n; ++j) {
-            position[m] = int32_t(j);
-            m += flags[j];
-        }
+        flag_splats_in_rect(ts, ts.raw.data(), n, rect, true);
+        m = flagged(ts.flags.data(), n, ts.position.data());
     } else {
         for (int64_t j = 0; j < n; ++j) ts.position[j] = int32_t(j);
     }
@@ -393,16 +396,8 @@ DGR_INLINE void load_tile(TileSplats& ts, const dgr::SplatSource& src, const int
 // The list of the tile's (kept) splats that may be blended in `rect`;
 // returns its length.
 DGR_INLINE int64_t block_list(TileSplats& ts, const PixelRect& rect, bool cull) {
-    const int64_t m = ts.count;
-    flag_splats_in_rect(ts, m, rect, cull);
-    const int32_t* flags = ts.flags.data();
-    int32_t* list = ts.list.data();
-    int64_t count = 0;
-    for (int64_t j = 0; j < m; ++j) {
-        list[count] = int32_t(j);
-        count += flags[j];
-    }
-    return count;
+    flag_splats_in_rect(ts, ts.data.data(), ts.count, rect, cull);
+    return flagged(ts.flags.data(), ts.count, ts.list.data());
 }
 
 struct Frame {
