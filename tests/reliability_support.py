@@ -180,3 +180,25 @@ def run_scenario(settings, inputs, render_kwargs, upstream_seed=0):
             names.append(f"d/d{k}")
             tensors.append(x[k].grad)
     return names, tensors
+
+
+def run_child(tmp_path, name, source, timeout=600):
+    """Runs the Python `source` in a fresh interpreter that imports this
+    checkout's package, and returns the JSON object it printed on its last
+    line starting with "RESULT " (the test fails if there is none)."""
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import diff_gaussian_rasterization_ks
+
+    root = str(Path(diff_gaussian_rasterization_ks.__file__).resolve().parents[1])
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([root, os.environ.get("PYTHONPATH", "")]))
+    script = tmp_path / f"{name}.py"
+    script.write_text(source)
+    result = subprocess.run([sys.executable, str(script)], env=env, capture_output=True, text=True, timeout=timeout)
+    lines = [line for line in result.stdout.splitlines() if line.startswith("RESULT ")]
+    assert result.returncode == 0 and lines, f"exit {result.returncode}\n{result.stderr[-4000:]}"
+    return json.loads(lines[-1][len("RESULT "):])

@@ -13,7 +13,6 @@ import ast
 import re
 import shutil
 import subprocess
-import sys
 import sysconfig
 from pathlib import Path
 

@@ -13,18 +13,14 @@
 * A million Gaussians render forward and backward on the CPU within memory,
   in a fresh process that reports its peak RSS (resource.getrusage).
 """
-import json
-import os
-import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
 
 from diff_gaussian_rasterization_ks import _backend
 
-from reliability_support import identity_camera, recorded_kernel_calls, render_and_backward
+from reliability_support import identity_camera, recorded_kernel_calls, render_and_backward, run_child
 
 # forward outputs: color, importance_map, radii, invdepth, alpha, then the
 # state (rasterize_points.h): means2D, depths, conic_opacity, colors,
@@ -114,16 +110,7 @@ def test_a_million_gaussians_render_on_the_cpu_within_memory(tmp_path):
     4 GiB, leaves a wide margin for O(P) and O(entries) buffers; anything
     that scales with P x tiles or P x pixels (the dense reference would need
     P x H x W x 8 B = 600 GB) breaks it at once."""
-    import diff_gaussian_rasterization_ks
-
-    root = str(Path(diff_gaussian_rasterization_ks.__file__).resolve().parents[1])
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([root, os.environ.get("PYTHONPATH", "")]))
-    script = tmp_path / "million.py"
-    script.write_text(MILLION)
-    result = subprocess.run([sys.executable, str(script)], env=env, capture_output=True, text=True, timeout=600)
-    lines = [line for line in result.stdout.splitlines() if line.startswith("RESULT ")]
-    assert result.returncode == 0 and lines, f"exit {result.returncode}\n{result.stderr[-4000:]}"
-    r = json.loads(lines[-1][len("RESULT "):])
+    r = run_child(tmp_path, "million", MILLION)
     print(f"1M Gaussians, 320x240, 2 threads: forward {r['forward_s']:.2f} s, backward {r['backward_s']:.2f} s, "
           f"peak RSS {r['peak'] / 2**30:.2f} GiB (after the forward {r['peak_forward'] / 2**30:.2f} GiB)")
     assert r["finite"], r

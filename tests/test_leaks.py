@@ -17,11 +17,10 @@ tensors compared exactly (a kept graph or a cached output shows up as
 +1,000 or more), all objects within 50 (interpreter caches).
 """
 import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
+
+from reliability_support import run_child
 
 CHILD = r"""
 import gc, json, os, sys
@@ -76,18 +75,7 @@ print("RESULT " + json.dumps(dict(rss_growth=rss1 - rss0, rss=rss1, objects=obje
 
 @pytest.mark.skipif(not os.path.exists("/proc/self/statm"), reason="reads /proc/self/statm (Linux)")
 def test_thousand_forward_backward_calls_do_not_leak(tmp_path):
-    import diff_gaussian_rasterization_ks
-
-    root = str(Path(diff_gaussian_rasterization_ks.__file__).resolve().parents[1])
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([root, os.environ.get("PYTHONPATH", "")]))
-    script = tmp_path / "leak.py"
-    script.write_text(CHILD)
-    result = subprocess.run([sys.executable, str(script)], env=env, capture_output=True, text=True, timeout=600)
-    lines = [line for line in result.stdout.splitlines() if line.startswith("RESULT ")]
-    assert result.returncode == 0 and lines, result.stderr[-4000:]
-    import json
-
-    r = json.loads(lines[-1][len("RESULT "):])
+    r = run_child(tmp_path, "leak", CHILD)
     assert r["tensors"] == 0, f"{r['tensors']} more live tensors after 1,000 calls: {r}"
     assert abs(r["objects"]) <= 50, f"Python object count changed by {r['objects']}: {r}"
     assert r["rss_growth"] < 2 * 2**20, f"RSS grew by {r['rss_growth'] / 2**20:.2f} MB over 1,000 calls: {r}"
