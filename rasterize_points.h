@@ -78,6 +78,10 @@ std::vector<torch::Tensor> rasterize_backward_cpu(
 torch::Tensor mark_visible_cpu(const torch::Tensor& means3D, const torch::Tensor& viewmatrix,
                                const torch::Tensor& projmatrix);
 
+// Frees the per-entry scratch memory the CPU backend keeps between calls
+// (at most 1 GiB; see ScratchPool in cpu/rasterize_points_cpu.cpp).
+void release_scratch_cpu();
+
 // The binning's entry count arithmetic: tiles_touched [P] int32 -> [P+1]
 // int64, the exclusive prefix sum (the first slot of each Gaussian, then the
 // number of entries E). The forward's gaussian_offsets is this function's

@@ -13,8 +13,10 @@
 #include <cstdlib>
 #include <cstring>
 #include <memory>
+#include <mutex>
 #include <numeric>
 #include <type_traits>
+
 
 #include "../cuda_rasterizer/preprocess.h"
 #include "../rasterize_checks.h"
@@ -65,6 +67,119 @@ void parallel_for_chunks(int64_t n, int64_t chunk, const F& f) {
                          [&](int64_t c) { f(c * chunk, std::min(n, (c + 1) * chunk)); });
 }
 
+// Memory for the per-entry buffers (statistics, gradients, the entry->slot
+// map: tens to hundreds of MiB on large scenes), kept between calls. Fresh
+// memory costs a page fault per 4 KiB on first touch, and glibc hands
+// buffers this large back to the kernel when they are freed, so every render
+// paid those faults again: ~30 ms of the dense scene's 150-180 ms statistics
+// forward (benchmarks/RESULTS.md). The pool keeps a few freed blocks, up to
+// kMaxCachedBytes in all, for the next call; release_scratch() frees them.
+class ScratchPool {
+public:
+    static ScratchPool& instance() {
+        static ScratchPool pool;
+        return pool;
+    }
+    // A block of at least `bytes`; `capacity` gets its true size.
+    void* take(size_t bytes, size_t& capacity) {
+        {
+            std::lock_guard<std::mutex> lock(mutex_);
+            // the smallest cached block that fits without wasting half of it
+            size_t best = blocks_.size();
+            for (size_t i = 0; i < blocks_.size(); ++i)
+                if (blocks_[i].bytes >= bytes && blocks_[i].bytes / 2 <= bytes &&
+                    (best == blocks_.size() || blocks_[i].bytes < blocks_[best].bytes))
+                    best = i;
+            if (best != blocks_.size()) {
+                const Block b = blocks_[best];
+                blocks_.erase(blocks_.begin() + std::ptrdiff_t(best));
+                cached_ -= b.bytes;
+                capacity = b.bytes;
+                return b.ptr;
+            }
+        }
+        capacity = bytes;
+        return std::malloc(bytes);
+    }
+    void give(void* ptr, size_t bytes) {
+        if (ptr == nullptr) return;
+        std::vector<void*> evicted;
+        {
+            std::lock_guard<std::mutex> lock(mutex_);
+            if (bytes > kMaxCachedBytes) {
+                evicted.push_back(ptr);
+            } else {
+                blocks_.push_back(Block{ptr, bytes});
+                cached_ += bytes;
+                while (cached_ > kMaxCachedBytes || blocks_.size() > kMaxBlocks) {  // oldest first
+                    evicted.push_back(blocks_.front().ptr);
+                    cached_ -= blocks_.front().bytes;
+                    blocks_.erase(blocks_.begin());
+                }
+            }
+        }
+        for (void* p : evicted) std::free(p);
+    }
+    void release() {
+        std::vector<Block> blocks;
+        {
+            std::lock_guard<std::mutex> lock(mutex_);
+            blocks.swap(blocks_);
+            cached_ = 0;
+        }
+        for (const Block& b : blocks) std::free(b.ptr);
+    }
+
+private:
+    static constexpr size_t kMaxCachedBytes = size_t(1) << 30;
+    static constexpr size_t kMaxBlocks = 8;  // a forward and a backward use 2 and 2
+    struct Block {
+        void* ptr;
+        size_t bytes;
+    };
+    std::mutex mutex_;
+    std::vector<Block> blocks_;
+    size_t cached_ = 0;
+};
+
+// An array of n T's from the ScratchPool, returned to it when destroyed;
+// zeroed (in parallel) if asked.
+template <typename T>
+class ScratchArray {
+    static_assert(std::is_trivially_copyable<T>::value, "zero bytes must be a valid T");
+
+public:
+    ScratchArray() = default;
+    ScratchArray(int64_t n, const char* what, bool zeroed) {
+        const size_t bytes = std::max<size_t>(size_t(n) * sizeof(T), 1);
+        data_ = static_cast<T*>(ScratchPool::instance().take(bytes, capacity_));
+        TORCH_CHECK(data_ != nullptr, what, ": out of memory for ", n, " entries (", bytes, " bytes)");
+        if (zeroed) {
+            char* p = reinterpret_cast<char*>(data_);
+            at::parallel_for(0, int64_t(bytes), int64_t(1) << 20,
+                             [&](int64_t begin, int64_t end) { std::memset(p + begin, 0, size_t(end - begin)); });
+        }
+    }
+    ScratchArray(const ScratchArray&) = delete;
+    ScratchArray& operator=(const ScratchArray&) = delete;
+    ScratchArray(ScratchArray&& o) noexcept { swap(o); }
+    ScratchArray& operator=(ScratchArray&& o) noexcept {
+        swap(o);
+        return *this;
+    }
+    ~ScratchArray() { ScratchPool::instance().give(data_, capacity_); }
+    T* get() const { return data_; }
+    T& operator[](int64_t i) const { return data_[i]; }
+
+private:
+    void swap(ScratchArray& o) {
+        std::swap(data_, o.data_);
+        std::swap(capacity_, o.capacity_);
+    }
+    T* data_ = nullptr;
+    size_t capacity_ = 0;
+};
+
 dgr::Camera make_camera(const torch::Tensor& viewmatrix, const torch::Tensor& projmatrix, const torch::Tensor& campos,
                         double tan_fovx, double tan_fovy, int64_t height, int64_t width) {
     dgr::Camera cam;
@@ -100,7 +215,7 @@ struct Binning {
     torch::Tensor tile_ranges;       // [tiles+1] int64: first entry of each tile
     torch::Tensor point_list;        // [E] int32: Gaussian of each sorted entry
     torch::Tensor slot_entries;      // [E] int64: sorted entry of each slot
-    std::unique_ptr<int64_t[]> entry_slot;  // [E]: slot of each entry (the inverse), if asked for
+    ScratchArray<int64_t> entry_slot;  // [E]: slot of each entry (the inverse), if asked for
 };
 
 // The visible Gaussians (tiles_touched > 0) in order of depth, ties by index:
@@ -157,20 +272,33 @@ Binning bin_gaussians(const torch::Tensor& depths, const torch::Tensor& tile_rec
     // entries per tile, then scatters them from its own cursors. The result
     // does not depend on the number of chunks: within a tile, entries come
     // in depth order either way.
+    // The rectangles and first slots in depth order, gathered once (in
+    // parallel), so that the two passes below read them in a row rather than
+    // at random Gaussians: on a million Gaussians those scattered reads made
+    // the binning cache-miss bound.
+    std::vector<dgr::TileRect> sorted_rect(static_cast<size_t>(V));
+    std::vector<int64_t> sorted_slot(static_cast<size_t>(V));
+    at::parallel_for(0, V, 16384, [&](int64_t begin, int64_t end) {
+        for (int64_t i = begin; i < end; ++i) {
+            const int64_t g = order[i];
+            sorted_rect[i] = dgr::TileRect{rects[4 * g], rects[4 * g + 1], rects[4 * g + 2], rects[4 * g + 3]};
+            sorted_slot[i] = offsets[g];
+        }
+    });
     const int64_t num_tiles = grid.num_tiles();
     const int64_t chunks = std::max<int64_t>(1, std::min<int64_t>(2 * at::get_num_threads(), V / 4096));
     std::vector<int64_t> cursor(size_t(chunks * num_tiles), 0);
     auto chunk_begin = [&](int64_t c) { return V * c / chunks; };
-    auto for_each_tile = [&](int32_t g, auto&& f) {
-        const int* r = rects + 4 * int64_t(g);
-        for (int ty = r[1]; ty < r[3]; ++ty)
-            for (int tx = r[0]; tx < r[2]; ++tx) f(int64_t(ty) * grid.grid_x + tx);
+    auto for_each_tile = [&](int64_t i, auto&& f) {  // the tiles of the i-th Gaussian in depth order
+        const dgr::TileRect& r = sorted_rect[i];
+        for (int ty = r.min_y; ty < r.max_y; ++ty)
+            for (int tx = r.min_x; tx < r.max_x; ++tx) f(int64_t(ty) * grid.grid_x + tx);
     };
     at::parallel_for(0, chunks, 1, [&](int64_t c0, int64_t c1) {
         for (int64_t c = c0; c < c1; ++c) {
             int64_t* count = cursor.data() + c * num_tiles;
             for (int64_t i = chunk_begin(c); i < chunk_begin(c + 1); ++i)
-                for_each_tile(order[i], [&](int64_t t) { ++count[t]; });
+                for_each_tile(i, [&](int64_t t) { ++count[t]; });
         }
     });
     b.tile_ranges = torch::empty({num_tiles + 1}, torch::kInt64);
@@ -190,15 +318,15 @@ Binning bin_gaussians(const torch::Tensor& depths, const torch::Tensor& tile_rec
     b.slot_entries = torch::empty({num_entries}, torch::kInt64);
     int32_t* points = b.point_list.data_ptr<int32_t>();
     int64_t* slots = b.slot_entries.data_ptr<int64_t>();
-    if (want_entry_slot) b.entry_slot.reset(new int64_t[size_t(std::max<int64_t>(num_entries, 1))]);
+    if (want_entry_slot) b.entry_slot = ScratchArray<int64_t>(num_entries, "bin_gaussians: entry_slot", false);
     int64_t* entry_slot = b.entry_slot.get();
     at::parallel_for(0, chunks, 1, [&](int64_t c0, int64_t c1) {
         for (int64_t c = c0; c < c1; ++c) {
             int64_t* next = cursor.data() + c * num_tiles;
             for (int64_t i = chunk_begin(c); i < chunk_begin(c + 1); ++i) {
                 const int32_t g = order[i];
-                int64_t slot = offsets[g];
-                for_each_tile(g, [&](int64_t t) {
+                int64_t slot = sorted_slot[i];
+                for_each_tile(i, [&](int64_t t) {
                     const int64_t entry = next[t]++;
                     points[entry] = g;
                     if (entry_slot != nullptr) entry_slot[entry] = slot;
@@ -462,8 +590,8 @@ DGR_INLINE int32_t lane_count(const int32_t* v) {
 // gradient wherever uninitialised memory points. (Two sequential passes,
 // ~1% of the backward; checking the inverse entry by entry, a random gather,
 // would cost 8%.)
-std::unique_ptr<int64_t[]> entry_slots(const int64_t* slot_entries, int64_t num_entries) {
-    std::unique_ptr<int64_t[]> entry_slot(new int64_t[size_t(std::max<int64_t>(num_entries, 1))]);
+ScratchArray<int64_t> entry_slots(const int64_t* slot_entries, int64_t num_entries) {
+    ScratchArray<int64_t> entry_slot(num_entries, "rasterize_backward_cpu: entry_slot", false);
     at::parallel_for(0, num_entries, 1 << 16, [&](int64_t begin, int64_t end) {
         std::fill(entry_slot.get() + begin, entry_slot.get() + end, int64_t(-1));
     });
@@ -479,6 +607,23 @@ std::unique_ptr<int64_t[]> entry_slots(const int64_t* slot_entries, int64_t num_
     TORCH_CHECK(complete, "rasterize_backward_cpu: state.slot_entries: expected a permutation of [0, E) (E = ",
                 num_entries, " from state.point_list), got repeated entries");
     return entry_slot;
+}
+
+// The forward's per-Gaussian preprocess of [begin, end), with the shared
+// math inlined (flatten) and cloned per ISA like the tile loops: out of line,
+// the host versions of project_gaussian and its helpers cost twice as much.
+DGR_MULTIVERSION void preprocess_range(const dgr::GaussianInputs& in, const dgr::Camera& cam, const TileGrid& grid,
+                                       const dgr::ProjectedGaussians& proj, int64_t begin, int64_t end) {
+    for (int64_t i = begin; i < end; ++i) {
+        dgr::preprocess_gaussian(int(i), in, cam, grid.grid_x, grid.grid_y, proj);
+        if (proj.tiles_touched[i] == 0) {  // culled: the fields preprocess_gaussian leaves alone
+            std::fill_n(proj.means2D + 2 * i, 2, 0.f);
+            proj.depths[i] = 0.f;
+            std::fill_n(proj.conic_opacity + 4 * i, 4, 0.f);
+            std::fill_n(proj.colors + 3 * i, 3, 0.f);
+            std::fill_n(proj.tile_rects + 4 * i, 4, 0);
+        }
+    }
 }
 
 // What both passes' tile loops read: the frame, the splats and their tile lists.
@@ -878,18 +1023,7 @@ std::vector<torch::Tensor> rasterize_forward_cpu(
                                  depths.data_ptr<float>(),        conic_opacity.data_ptr<float>(),
                                  colors.data_ptr<float>(),        tile_rects.data_ptr<int>(),
                                  tiles_touched.data_ptr<int>()};
-    parallel_for_chunks(P, 4096, [&](int64_t begin, int64_t end) {
-        for (int64_t i = begin; i < end; ++i) {
-            dgr::preprocess_gaussian(int(i), in, cam, grid.grid_x, grid.grid_y, proj);
-            if (proj.tiles_touched[i] == 0) {  // culled: the fields preprocess_gaussian leaves alone
-                std::fill_n(proj.means2D + 2 * i, 2, 0.f);
-                proj.depths[i] = 0.f;
-                std::fill_n(proj.conic_opacity + 4 * i, 4, 0.f);
-                std::fill_n(proj.colors + 3 * i, 3, 0.f);
-                std::fill_n(proj.tile_rects + 4 * i, 4, 0);
-            }
-        }
-    });
+    parallel_for_chunks(P, 4096, [&](int64_t begin, int64_t end) { preprocess_range(in, cam, grid, proj, begin, end); });
 
     Binning bins = bin_gaussians(depths, tile_rects, tiles_touched, grid, compute_stats);
 
@@ -911,15 +1045,10 @@ std::vector<torch::Tensor> rasterize_forward_cpu(
 
     // Statistics go per (Gaussian, tile) entry, owned by one tile: race free.
     const int64_t num_entries = bins.point_list.size(0);
-    // zeroed by calloc (for a large buffer: fresh zero pages, no memset), as
+    // zeroed, as
     // tiles write only the entries some pixel blended
-    std::unique_ptr<dgr::SplatStats, decltype(&std::free)> slot_stats(nullptr, &std::free);
-    if (compute_stats) {
-        slot_stats.reset(static_cast<dgr::SplatStats*>(
-            std::calloc(size_t(std::max<int64_t>(num_entries, 1)), sizeof(dgr::SplatStats))));
-        TORCH_CHECK(slot_stats != nullptr, "rasterize_forward_cpu: out of memory for the statistics of ",
-                    num_entries, " tile entries");
-    }
+    ScratchArray<dgr::SplatStats> slot_stats;
+    if (compute_stats) slot_stats = ScratchArray<dgr::SplatStats>(num_entries, "rasterize_forward_cpu: statistics", true);
 
     ForwardArgs args;
     args.frame = Frame{H, W, grid};
@@ -997,9 +1126,9 @@ std::vector<torch::Tensor> rasterize_backward_cpu(
     const int64_t num_entries = st.point_list.size(0);
     const int64_t* offsets = st.gaussian_offsets.data_ptr<int64_t>();
     const int64_t* slots = st.slot_entries.data_ptr<int64_t>();
-    const std::unique_ptr<int64_t[]> entry_slot = entry_slots(slots, num_entries);
-    // (not zeroed here: every tile writes all of its entries)
-    std::unique_ptr<dgr::SplatGrad[]> slot_grads(new dgr::SplatGrad[size_t(num_entries)]);
+    const ScratchArray<int64_t> entry_slot = entry_slots(slots, num_entries);
+    // (not zeroed: every tile writes all of its entries)
+    const ScratchArray<dgr::SplatGrad> slot_grads(num_entries, "rasterize_backward_cpu: gradients", false);
     BackwardArgs args;
     args.frame = Frame{H, W, grid};
     args.src = dgr::SplatSource{st.means2D.data_ptr<float>(), st.conic_opacity.data_ptr<float>(),
@@ -1070,6 +1199,8 @@ std::vector<torch::Tensor> rasterize_backward_cpu(
     });
     return {g_means3D, g_means2D, g_opacities, g_importances, g_colors, g_shs, g_cov3D, g_scales, g_rotations};
 }
+
+void release_scratch_cpu() { ScratchPool::instance().release(); }
 
 torch::Tensor mark_visible_cpu(const torch::Tensor& means3D, const torch::Tensor& viewmatrix,
                                const torch::Tensor& projmatrix) {

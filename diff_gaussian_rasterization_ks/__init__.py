@@ -10,6 +10,7 @@ algorithm (the test oracle, and the fallback where no kernel is compiled).
 from .settings import GaussianRasterizationSettings
 from .rasterizer import GaussianRasterizer, GaussianStats, RenderOutput, rasterize_gaussians
 from .reference import ReferenceOutput, rasterize_reference
+from ._backend import empty_cpu_cache
 from . import camera
 
 __all__ = [
@@ -21,4 +22,5 @@ __all__ = [
     "rasterize_reference",
     "ReferenceOutput",
     "camera",
+    "empty_cpu_cache",
 ]
