@@ -366,7 +366,9 @@ constexpr int NF = dgr::NUM_FEATURES;
 constexpr int GRAD_FLOATS = dgr::SPLAT_GRAD_FLOATS;
 constexpr int GRAD_LANES = 8;  // partial sums per gradient field and splat in the backward
 static_assert(LANES == 4 * GRAD_LANES, "backward_step folds the lanes in two halvings");
-constexpr int STAT_LANES = GRAD_LANES;  // the same for the forward's statistics
+// partial sums per statistic and splat in the forward: half the lanes, so
+// that the fold adds two 16-lane halves (one AVX-512 register each)
+constexpr int STAT_LANES = LANES / 2;
 
 // The functions that hold the vectorised loops are compiled for AVX-512,
 // AVX2 and baseline x86-64, and the loader picks the best the CPU has (GCC's
@@ -709,33 +711,26 @@ DGR_INLINE bool forward_step(const ForwardLanes& in, ForwardLanes& out, TileSpla
     }
     if (kStats) {
         // the pixels' statistics, folded to STAT_LANES partial sums of the
-        // splat in a fixed order (lanes l, l + 2Q, l + Q, l + 3Q)
+        // splat in a fixed order: lanes l and l + STAT_LANES, then the sum
         float* accum = ts.accum_lanes.data() + int64_t(j) * STAT_LANES;
         float* maxw = ts.max_lanes.data() + int64_t(j) * STAT_LANES;
         int32_t* hits = ts.hit_lanes.data() + int64_t(j) * STAT_LANES;
         constexpr int Q = STAT_LANES;
 #pragma omp simd  // hot: must vectorise (tests/test_cpu_vectorised.py)
         for (int l = 0; l < Q; ++l) {
-            float w[4], pw[4];
-            for (int q = 0; q < 4; ++q) {  // lanes l, l + 2Q, l + Q, l + 3Q
-                w[q] = sl.weight[l + ((q & 1) * 2 + (q >> 1)) * Q];
-                pw[q] = sl.pixel_weight[l + ((q & 1) * 2 + (q >> 1)) * Q];
+            dgr::SplatStats half[2];
+            for (int q = 0; q < 2; ++q) {
+                const float w = sl.weight[l + q * Q];
+                const dgr::SplatStats p = dgr::pixel_stats(w, sl.pixel_weight[l + q * Q]);
+                const bool blended = w > 0.f;
+                half[q].accum_weight = blended ? p.accum_weight : 0.f;  // (pw * 0 may be NaN for a non-finite pixel weight)
+                half[q].max_weight = p.max_weight;  // 0 where not blended: leaves max_weight >= 0 as is
+                half[q].hit_count = blended ? p.hit_count : 0;
+                half[q].top_count = 0;
             }
-            float acc_w[4], max_w[4];
-            int32_t hit[4];
-            for (int q = 0; q < 4; ++q) {
-                const dgr::SplatStats p = dgr::pixel_stats(w[q], pw[q]);
-                const bool blended = w[q] > 0.f;
-                acc_w[q] = blended ? p.accum_weight : 0.f;  // (pw * 0 may be NaN for a non-finite pixel weight)
-                max_w[q] = p.max_weight;                     // 0 where not blended: leaves max_weight >= 0 as is
-                hit[q] = blended ? p.hit_count : 0;
-            }
-            dgr::SplatStats a{acc_w[0], max_w[0], hit[0], 0}, c{acc_w[2], max_w[2], hit[2], 0};
-            dgr::merge_stats(a, dgr::SplatStats{acc_w[1], max_w[1], hit[1], 0});
-            dgr::merge_stats(c, dgr::SplatStats{acc_w[3], max_w[3], hit[3], 0});
-            dgr::merge_stats(a, c);
+            dgr::merge_stats(half[0], half[1]);
             dgr::SplatStats fold{accum[l], maxw[l], hits[l], 0};
-            dgr::merge_stats(fold, a);
+            dgr::merge_stats(fold, half[0]);
             accum[l] = fold.accum_weight;
             maxw[l] = fold.max_weight;
             hits[l] = fold.hit_count;
@@ -793,12 +788,8 @@ DGR_MULTIVERSION void forward_tile(const ForwardArgs& a, int64_t tile) {
     load_tile(ts, a.src, a.points, begin, end, rect, a.cull);
     const bool stats = a.slot_stats != nullptr;
     const int64_t m = ts.count;
-    if (stats) {
-        std::fill_n(ts.accum_lanes.data(), m * STAT_LANES, 0.f);  // (fill_n: the buffers may still be empty)
-        std::fill_n(ts.max_lanes.data(), m * STAT_LANES, 0.f);
-        std::fill_n(ts.hit_lanes.data(), m * STAT_LANES, 0);
-        std::fill_n(ts.top_count.data(), m, 0);
-    }
+    // (the statistics' partial sums start at zero: reserve() zeroes them
+    // and every tile leaves them zero, below)
     for (int blk = 0; blk < BLOCKS_X * BLOCKS_Y; ++blk) {
         const PixelRect r = a.frame.block_rect(rect, blk);
         if (r.empty()) continue;
@@ -811,15 +802,24 @@ DGR_MULTIVERSION void forward_tile(const ForwardArgs& a, int64_t tile) {
     if (!stats) return;
     // the statistics of the entries some pixel blended, at their slots (so
     // that the per-Gaussian sum reads its entries in a row); the others stay
-    // zero, as the buffer was allocated (see rasterize_forward_cpu)
+    // zero, as the buffer was allocated (see rasterize_forward_cpu). The
+    // partial sums are zeroed for the next tile as they are read (those of a
+    // splat no pixel blended are zero already: a top contributor blended).
     for (int64_t j = 0; j < m; ++j) {
-        const int32_t hits = lane_count<STAT_LANES>(ts.hit_lanes.data() + j * STAT_LANES);
+        int32_t* hit_lanes = ts.hit_lanes.data() + j * STAT_LANES;
+        const int32_t hits = lane_count<STAT_LANES>(hit_lanes);
         if (hits == 0) continue;
+        float* accum_lanes = ts.accum_lanes.data() + j * STAT_LANES;
+        float* max_lanes = ts.max_lanes.data() + j * STAT_LANES;
         dgr::SplatStats& e = a.slot_stats[a.entry_slot[begin + ts.position[j]]];  // field by field: no struct copy
-        e.accum_weight = lane_sum<STAT_LANES>(ts.accum_lanes.data() + j * STAT_LANES);
-        e.max_weight = lane_max<STAT_LANES>(ts.max_lanes.data() + j * STAT_LANES);
+        e.accum_weight = lane_sum<STAT_LANES>(accum_lanes);
+        e.max_weight = lane_max<STAT_LANES>(max_lanes);
         e.hit_count = hits;
         e.top_count = ts.top_count[j];
+        std::fill_n(accum_lanes, STAT_LANES, 0.f);
+        std::fill_n(max_lanes, STAT_LANES, 0.f);
+        std::fill_n(hit_lanes, STAT_LANES, 0);
+        ts.top_count[j] = 0;
     }
 }
 
