@@ -611,19 +611,135 @@ ScratchArray<int64_t> entry_slots(const int64_t* slot_entries, int64_t num_entri
     return entry_slot;
 }
 
-// The forward's per-Gaussian preprocess of [begin, end), with the shared
-// math inlined (flatten) and cloned per ISA like the tile loops: out of line,
-// the host versions of project_gaussian and its helpers cost twice as much.
+// The forward's per-Gaussian preprocess of [begin, end), in blocks. Pass 1
+// runs dgr::project_geometry (preprocess_gaussian's math without its early
+// exits) vectorised across the block into structure-of-arrays scratch: the
+// scalar path's cull branches (near plane, off screen) mispredict on real
+// scenes, and its divisions and square roots are latency bound. The block's
+// outputs are then zeroed in a row, and pass 2, scalar, writes the
+// survivors only, after attributes_finite and with their colours. The
+// results are preprocess_gaussian's bit for bit (same helpers, same
+// operations; -ffp-contract=off). The scalar path runs instead given
+// cov3D_precomp (a stride-6 load GCC does not vectorise) or `scalar` (with
+// DGR_CPU_CULL=0, so that tests/test_cpu_culling.py compares the two).
+constexpr int PREPROCESS_BLOCK = 256;
+
+// Pass 1's results for a block, one array per field.
+struct ProjectedBlock {
+    float radius[PREPROCESS_BLOCK];
+    float mean_x[PREPROCESS_BLOCK], mean_y[PREPROCESS_BLOCK], depth[PREPROCESS_BLOCK];
+    float conic_x[PREPROCESS_BLOCK], conic_y[PREPROCESS_BLOCK], conic_z[PREPROCESS_BLOCK];
+    float opacity[PREPROCESS_BLOCK];
+    int rect[4][PREPROCESS_BLOCK];
+    int touched[PREPROCESS_BLOCK];
+    int candidate[PREPROCESS_BLOCK];  // (int: a bool array would force 64 lanes)
+};
+
+// Pass 1 for a block, compiled per case of colors_precomp and antialiasing
+// (branches on them, even invariant ones, keep GCC from vectorising).
+template <bool COLORS_GIVEN, bool ANTIALIASING>
+DGR_INLINE void project_block(const dgr::GaussianInputs& in_ref, const dgr::Camera& cam_ref, const TileGrid& grid,
+                              int first, int n, ProjectedBlock& out) {
+    // Local copies, with the cases as constants: the loop's stores could
+    // alias the matrices and the pointers' homes, which would keep GCC from
+    // hoisting their loads.
+    dgr::GaussianInputs in = in_ref;
+    in.cov3D_precomp = nullptr;  // (the caller's case)
+    if (!COLORS_GIVEN) in.colors_precomp = nullptr;
+    in.antialiasing = ANTIALIASING;
+    float view[16], projm[16];
+    std::copy_n(cam_ref.viewmatrix, 16, view);
+    std::copy_n(cam_ref.projmatrix, 16, projm);
+    dgr::Camera cam = cam_ref;
+    cam.viewmatrix = view;
+    cam.projmatrix = projm;
+    const int grid_x = grid.grid_x, grid_y = grid.grid_y;
+#pragma omp simd  // hot: must vectorise (AVX2 and up)
+    for (int j = 0; j < n; ++j) {
+        const int i = first + j;
+        const dgr::GaussianProjection g = dgr::project_geometry(in, i, cam, grid_x, grid_y);
+        // The opacity and colours are part of attributes_finite (pass 2) too;
+        // testing them here makes their loads unconditional, which GCC needs
+        // to keep the loop free of branches.
+        const float opacity = in.opacities[i];
+        glm::vec3 c(0.f);
+        if constexpr (COLORS_GIVEN) c = dgr::load_vec3(in.colors_precomp, i);
+        out.candidate[j] = g.visible & dgr::is_finite(opacity) & dgr::is_finite(c.x) & dgr::is_finite(c.y) &
+                           dgr::is_finite(c.z);
+        out.radius[j] = g.radius;
+        out.mean_x[j] = g.mean2D.x;
+        out.mean_y[j] = g.mean2D.y;
+        out.depth[j] = g.t_view.z;
+        out.conic_x[j] = g.conic.x;
+        out.conic_y[j] = g.conic.y;
+        out.conic_z[j] = g.conic.z;
+        out.opacity[j] = opacity * g.opacity_scale;
+        out.rect[0][j] = g.rect.min_x;
+        out.rect[1][j] = g.rect.min_y;
+        out.rect[2][j] = g.rect.max_x;
+        out.rect[3][j] = g.rect.max_y;
+        // int(area()): the low 32 bits of the product
+        out.touched[j] = int(unsigned(g.rect.max_x - g.rect.min_x) * unsigned(g.rect.max_y - g.rect.min_y));
+    }
+}
+
 DGR_MULTIVERSION void preprocess_range(const dgr::GaussianInputs& in, const dgr::Camera& cam, const TileGrid& grid,
-                                       const dgr::ProjectedGaussians& proj, int64_t begin, int64_t end) {
-    for (int64_t i = begin; i < end; ++i) {
-        dgr::preprocess_gaussian(int(i), in, cam, grid.grid_x, grid.grid_y, proj);
-        if (proj.tiles_touched[i] == 0) {  // culled: the fields preprocess_gaussian leaves alone
-            std::fill_n(proj.means2D + 2 * i, 2, 0.f);
-            proj.depths[i] = 0.f;
-            std::fill_n(proj.conic_opacity + 4 * i, 4, 0.f);
-            std::fill_n(proj.colors + 3 * i, 3, 0.f);
-            std::fill_n(proj.tile_rects + 4 * i, 4, 0);
+                                       const dgr::ProjectedGaussians& proj, int64_t begin, int64_t end,
+                                       bool scalar) {
+    auto zero = [&](int64_t i, int64_t count) {  // the outputs of Gaussians [i, i + count)
+        std::fill_n(proj.radii + i, count, 0);
+        std::fill_n(proj.tiles_touched + i, count, 0);
+        std::fill_n(proj.means2D + 2 * i, 2 * count, 0.f);
+        std::fill_n(proj.depths + i, count, 0.f);
+        std::fill_n(proj.conic_opacity + 4 * i, 4 * count, 0.f);
+        std::fill_n(proj.colors + 3 * i, 3 * count, 0.f);
+        std::fill_n(proj.tile_rects + 4 * i, 4 * count, 0);
+    };
+    if (scalar || in.cov3D_precomp != nullptr) {
+        for (int64_t i = begin; i < end; ++i) {
+            dgr::preprocess_gaussian(int(i), in, cam, grid.grid_x, grid.grid_y, proj);
+            if (proj.tiles_touched[i] == 0) zero(i, 1);  // (the fields it leaves alone)
+        }
+        return;
+    }
+    ProjectedBlock blk;
+    const bool colors_given = in.colors_precomp != nullptr;
+    for (int64_t b = begin; b < end; b += PREPROCESS_BLOCK) {
+        const int n = int(std::min<int64_t>(PREPROCESS_BLOCK, end - b));
+        const int first = int(b);
+        if (colors_given && in.antialiasing)
+            project_block<true, true>(in, cam, grid, first, n, blk);
+        else if (colors_given)
+            project_block<true, false>(in, cam, grid, first, n, blk);
+        else if (in.antialiasing)
+            project_block<false, true>(in, cam, grid, first, n, blk);
+        else
+            project_block<false, false>(in, cam, grid, first, n, blk);
+        zero(first, n);
+        for (int j = 0; j < n; ++j) {
+            const int i = first + j;
+            if (!blk.candidate[j] || !dgr::attributes_finite(in, i)) continue;
+            proj.radii[i] = int(blk.radius[j]);
+            proj.means2D[2 * i] = blk.mean_x[j];
+            proj.means2D[2 * i + 1] = blk.mean_y[j];
+            proj.depths[i] = blk.depth[j];
+            proj.conic_opacity[4 * i] = blk.conic_x[j];
+            proj.conic_opacity[4 * i + 1] = blk.conic_y[j];
+            proj.conic_opacity[4 * i + 2] = blk.conic_z[j];
+            proj.conic_opacity[4 * i + 3] = blk.opacity[j];
+            glm::vec3 color;
+            if (colors_given) {
+                color = dgr::load_vec3(in.colors_precomp, i);
+            } else {
+                bool clamped[3];
+                color = dgr::sh_to_color(in.sh_degree, in.shs + 3 * in.sh_coeffs * i, dgr::load_vec3(in.means3D, i),
+                                         cam.campos, clamped);
+            }
+            proj.colors[3 * i] = color.x;
+            proj.colors[3 * i + 1] = color.y;
+            proj.colors[3 * i + 2] = color.z;
+            for (int k = 0; k < 4; ++k) proj.tile_rects[4 * i + k] = blk.rect[k][j];
+            proj.tiles_touched[i] = blk.touched[j];
         }
     }
 }
@@ -1023,7 +1139,10 @@ std::vector<torch::Tensor> rasterize_forward_cpu(
                                  depths.data_ptr<float>(),        conic_opacity.data_ptr<float>(),
                                  colors.data_ptr<float>(),        tile_rects.data_ptr<int>(),
                                  tiles_touched.data_ptr<int>()};
-    parallel_for_chunks(P, 4096, [&](int64_t begin, int64_t end) { preprocess_range(in, cam, grid, proj, begin, end); });
+    const bool scalar_preprocess = !culling_enabled();
+    parallel_for_chunks(P, 4096, [&](int64_t begin, int64_t end) {
+        preprocess_range(in, cam, grid, proj, begin, end, scalar_preprocess);
+    });
 
     Binning bins = bin_gaussians(depths, tile_rects, tiles_touched, grid, compute_stats);
 

@@ -143,20 +143,35 @@ RASTER_HD glm::vec3 covariance_2d(const EwaProjection& e, const float* cov3D) {
     return glm::vec3(glm::dot(e.t0, s0), glm::dot(e.t0, s1), glm::dot(e.t1, s1));
 }
 
+// ceilf(x) for x >= 0, +inf or NaN, in plain float arithmetic (no
+// rounding instruction or conversion), so that the CPU forward's loop
+// vectorises on baseline x86-64 too. Below 2^23, adding and subtracting
+// 2^23 rounds x to an integer r with |r - x| <= 0.5, exactly; from 2^23 on
+// every float is an integer.
+RASTER_HD float ceil_nonnegative(float x) {
+    const float r = (x + 8388608.0f) - 8388608.0f;
+    const float c = r < x ? r + 1.0f : r;
+    return x < 8388608.0f ? c : x;
+}
+
 // Conic (inverse of the dilated 2D covariance) and the 3-sigma radius in
 // pixels. Returns false when the covariance is singular or not finite.
+// Branch-free (a zero det divides without trapping, and the result is
+// discarded), so that the CPU forward can vectorise it across Gaussians.
 RASTER_HD bool conic_and_radius(const glm::vec3& cov2d, glm::vec3& conic, float& radius) {
     const float a = cov2d.x + LOWPASS_DILATION;
     const float b = cov2d.y;
     const float c = cov2d.z + LOWPASS_DILATION;
     const float det = a * c - b * b;
-    if (det == 0.0f) return false;
     const float inv_det = 1.0f / det;
     conic = glm::vec3(c * inv_det, -b * inv_det, a * inv_det);
     const float mid = 0.5f * (a + c);
     const float lambda = mid + sqrtf(at_least(mid * mid - det, MIN_EIGEN_DISCRIMINANT));
-    radius = at_most(ceilf(RADIUS_SIGMAS * sqrtf(lambda)), MAX_RADIUS);
-    return is_finite(conic.x) && is_finite(conic.y) && is_finite(conic.z) && is_finite(radius);
+    // (sqrtf(lambda) is NaN or >= +0: mid + sqrt(>= 0.1) is never -0)
+    radius = at_most(ceil_nonnegative(RADIUS_SIGMAS * sqrtf(lambda)), MAX_RADIUS);
+    // (the radius is finite by construction: at_most maps NaN and +inf to
+    // MAX_RADIUS, and sqrtf is never negative)
+    return (det != 0.0f) & is_finite(conic.x) & is_finite(conic.y) & is_finite(conic.z);
 }
 
 // Antialiasing (Mip-Splatting's 2D filter with opacity compensation): the

@@ -104,6 +104,34 @@ RASTER_HD GaussianProjection project_gaussian(const GaussianInputs& in, int idx,
     return g;
 }
 
+// project_gaussian's geometry without its early exits: every step runs, and
+// `visible` is the conjunction of its tests except attributes_finite. So
+// project_geometry(...).visible && attributes_finite(in, idx) is exactly
+// project_gaussian's `visible`, and where it holds the two agree in every
+// field (the same helpers on the same inputs). Branch-free for the CPU
+// forward, which runs it vectorised across Gaussians; slower per Gaussian
+// than project_gaussian where that returns early.
+RASTER_HD GaussianProjection project_geometry(const GaussianInputs& in, int idx, const Camera& cam, int grid_x,
+                                              int grid_y) {
+    GaussianProjection g;
+    const glm::vec3 mean = load_vec3(in.means3D, idx);
+    g.t_view = transform_point_4x3(mean, cam.viewmatrix);
+    const glm::vec4 p_hom = transform_point_4x4(mean, cam.projmatrix);
+    const float p_w = 1.0f / (p_hom.w + PROJ_W_EPS);
+    g.mean2D = glm::vec2(ndc_to_pixel(p_hom.x * p_w, cam.width), ndc_to_pixel(p_hom.y * p_w, cam.height));
+    gaussian_covariance(in, idx, g.cov3D);
+    g.ewa = ewa_projection(g.t_view, cam);
+    g.cov2d = covariance_2d(g.ewa, g.cov3D);
+    const bool conic_ok = conic_and_radius(g.cov2d, g.conic, g.radius);
+    g.opacity_scale = in.antialiasing ? antialias_opacity_scale(g.cov2d) : 1.0f;
+    g.rect = tile_rect(g.mean2D, g.radius, grid_x, grid_y);
+    // (area() > 0 without its int64 product: the factors are int32)
+    const int w = g.rect.max_x - g.rect.min_x, h = g.rect.max_y - g.rect.min_y;
+    const bool has_area = ((w > 0) & (h > 0)) | ((w < 0) & (h < 0));
+    g.visible = in_front_of_near_plane(g.t_view) & is_finite(g.mean2D.x) & is_finite(g.mean2D.y) & conic_ok & has_area;
+    return g;
+}
+
 RASTER_HD void preprocess_gaussian(int idx, const GaussianInputs& in, const Camera& cam, int grid_x, int grid_y,
                                    const ProjectedGaussians& out) {
     out.radii[idx] = 0;

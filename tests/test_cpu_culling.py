@@ -1,8 +1,10 @@
 """The CPU backend drops, per tile and per block of pixels, the splats that
 cannot be blended there (dgr::splat_may_touch_rect: the largest alpha over
-the rectangle is below 1/255, with margins for float rounding). That must
-change nothing: with culling off (DGR_CPU_CULL=0, read at every call) every
-output, statistic and gradient is the same bit for bit.
+the rectangle is below 1/255, with margins for float rounding), and its
+preprocess decides which Gaussians are culled in a vectorised pass. That must
+change nothing: with culling off (DGR_CPU_CULL=0, read at every call: no tile
+culling, the scalar preprocess) every output, statistic and gradient is the
+same bit for bit.
 
 The scenes put many splats near the 1/255 threshold (faint, thin, large and
 tiny ones, antialiasing on) so that the culling decisions are close calls.
@@ -36,6 +38,14 @@ def thin_scene(seed):
     return scene
 
 
+def border_scene(seed):
+    """Most splats just off screen or behind the camera, sizes up to large
+    ones that overlap the border: the preprocess's cull decisions (made by a
+    vectorised pass unless DGR_CPU_CULL=0) are close calls at the image edge."""
+    return random_scene(1500, 48, 72, seed=seed, sh_degree=1, scale_range=(0.005, 1.5), offscreen_fraction=0.6,
+                        behind_fraction=0.25)
+
+
 def antialiased(scene):
     return scene._replace(settings=scene.settings._replace(antialiasing=True))
 
@@ -47,6 +57,8 @@ SCENES = [
     pytest.param(lambda: random_scene(200, 50, 70, seed=4, sh_degree=2, scale_range=(0.002, 0.05)), id="tiny_sh"),
     pytest.param(lambda: random_scene(60, 40, 56, seed=5, scale_range=(0.3, 1.5), use_cov3D_precomp=True),
                  id="large_cov3D"),
+    pytest.param(lambda: border_scene(6), id="border"),
+    pytest.param(lambda: antialiased(border_scene(7)), id="border_antialiased"),
 ]
 
 

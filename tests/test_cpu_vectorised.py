@@ -7,7 +7,9 @@ loop nest): the results stay right and the render gets several times slower,
 which no other test notices. This compiles cpu/rasterize_points_cpu.cpp with
 setup.py's flags and GCC's vectorisation report, and checks every loop whose
 pragma is marked `// hot: must vectorise`: GCC reports it vectorised (for the
-AVX-512, AVX2 and baseline clones) and reports no failure inside it.
+AVX-512, AVX2 and baseline clones) and reports no failure inside it; a loop
+marked `// hot: must vectorise (AVX2 and up)` (the preprocess: baseline x86-64
+lacks its shuffles) must be vectorised by the AVX-512 and AVX2 clones.
 """
 import ast
 import re
@@ -21,6 +23,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 SOURCE = ROOT / "cpu" / "rasterize_points_cpu.cpp"
 HOT = "// hot: must vectorise"
+AVX2_UP = "(AVX2 and up)"  # marks a loop only the AVX2 and AVX-512 clones need vectorise
 
 
 def setup_cxx_flags():
@@ -66,6 +69,9 @@ def test_hot_per_pixel_loops_are_vectorised(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     name = re.escape(SOURCE.name)
     done = [int(m.group(1)) for m in re.finditer(rf"{name}:(\d+):\d+: optimized: loop vectorized", proc.stderr)]
+    widths = [(int(m.group(1)), int(m.group(2))) for m in
+              re.finditer(rf"{name}:(\d+):\d+: optimized: loop vectorized using (\d+) byte vectors", proc.stderr)]
+    lines = text.split("\n")
     # ("not vectorized: ..." lines without this one are GCC trying the
     # enclosing loop over splats, or straight-line code, and are expected)
     missed = [(int(m.group(1)), m.group(2)) for m in
@@ -73,6 +79,15 @@ def test_hot_per_pixel_loops_are_vectorised(tmp_path):
     for pragma, first, last in loops:
         inside = [n for n in done if first <= n <= last]
         failures = [f"line {n}: {why}" for n, why in missed if first <= n <= last]
+        if AVX2_UP in lines[pragma - 1]:
+            # Baseline x86-64 lacks the shuffles and conversions: one failure
+            # (the baseline clone) per 64-byte (AVX-512) vectorisation at most.
+            wide = [n for n, width in widths if first <= n <= last and width == 64]
+            avx2 = [n for n, width in widths if first <= n <= last and width == 32]
+            assert wide and avx2, f"the loop of the pragma at line {pragma} is not vectorised for AVX-512 and AVX2"
+            assert len(failures) <= len(wide), (f"the loop of the pragma at line {pragma} is not vectorised:\n" +
+                                                "\n".join(failures))
+            continue
         assert not failures, f"the loop of the pragma at line {pragma} is not vectorised:\n" + "\n".join(failures)
         # one report per vectorised copy: baseline, AVX2 and AVX-512 clones at least
         assert len(inside) >= 3, f"the loop of the pragma at line {pragma}: vectorised {len(inside)} times, expected >= 3"
