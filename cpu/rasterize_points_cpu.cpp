@@ -68,7 +68,8 @@ void parallel_for_chunks(int64_t n, int64_t chunk, const F& f) {
 }
 
 // Memory for the per-entry buffers (statistics, gradients, the entry->slot
-// map: tens to hundreds of MiB on large scenes), kept between calls. Fresh
+// map: tens to hundreds of MiB on large scenes) and the forward's internal
+// tensors (pooled_empty), kept between calls. Fresh
 // memory costs a page fault per 4 KiB on first touch, and glibc hands
 // buffers this large back to the kernel when they are freed, so every render
 // paid those faults again: ~30 ms of the dense scene's 150-180 ms statistics
@@ -77,8 +78,8 @@ void parallel_for_chunks(int64_t n, int64_t chunk, const F& f) {
 class ScratchPool {
 public:
     static ScratchPool& instance() {
-        static ScratchPool pool;
-        return pool;
+        static ScratchPool* pool = new ScratchPool;  // never destroyed: pooled tensors may outlive main()
+        return *pool;
     }
     // A block of at least `bytes`; `capacity` gets its true size.
     void* take(size_t bytes, size_t& capacity) {
@@ -98,8 +99,8 @@ public:
                 return b.ptr;
             }
         }
-        capacity = bytes;
-        return std::malloc(bytes);
+        capacity = (bytes + 63) / 64 * 64;
+        return std::aligned_alloc(64, capacity);
     }
     void give(void* ptr, size_t bytes) {
         if (ptr == nullptr) return;
@@ -132,7 +133,7 @@ public:
 
 private:
     static constexpr size_t kMaxCachedBytes = size_t(1) << 30;
-    static constexpr size_t kMaxBlocks = 8;  // a forward and a backward use 2 and 2
+    static constexpr size_t kMaxBlocks = 32;  // a forward with statistics and its backward use ~13
     struct Block {
         void* ptr;
         size_t bytes;
@@ -179,6 +180,22 @@ private:
     T* data_ = nullptr;
     size_t capacity_ = 0;
 };
+
+// An uninitialised tensor whose memory comes from the ScratchPool and goes
+// back to it when the tensor is freed: for the forward's internal arrays
+// (per Gaussian and per tile entry: the state the backward reads), which
+// every call rewrites whole.
+torch::Tensor pooled_empty(at::IntArrayRef sizes, torch::ScalarType dtype) {
+    int64_t n = 1;
+    for (const int64_t size : sizes) n *= size;
+    const size_t bytes = std::max<size_t>(size_t(n) * c10::elementSize(dtype), 1);
+    size_t capacity = 0;
+    void* data = ScratchPool::instance().take(bytes, capacity);
+    TORCH_CHECK(data != nullptr, "rasterize_forward_cpu: out of memory for a tensor of shape ", sizes, " (", bytes,
+                " bytes)");
+    return torch::from_blob(
+        data, sizes, [capacity](void* p) { ScratchPool::instance().give(p, capacity); }, torch::dtype(dtype));
+}
 
 dgr::Camera make_camera(const torch::Tensor& viewmatrix, const torch::Tensor& projmatrix, const torch::Tensor& campos,
                         double tan_fovx, double tan_fovy, int64_t height, int64_t width) {
@@ -314,8 +331,8 @@ Binning bin_gaussians(const torch::Tensor& depths, const torch::Tensor& tile_rec
     }
     ranges[num_tiles] = total;
 
-    b.point_list = torch::empty({num_entries}, torch::kInt32);
-    b.slot_entries = torch::empty({num_entries}, torch::kInt64);
+    b.point_list = pooled_empty({num_entries}, torch::kInt32);
+    b.slot_entries = pooled_empty({num_entries}, torch::kInt64);
     int32_t* points = b.point_list.data_ptr<int32_t>();
     int64_t* slots = b.slot_entries.data_ptr<int64_t>();
     if (want_entry_slot) b.entry_slot = ScratchArray<int64_t>(num_entries, "bin_gaussians: entry_slot", false);
@@ -1129,12 +1146,13 @@ std::vector<torch::Tensor> rasterize_forward_cpu(
     // Not zeroed here: the preprocess loop writes every entry (zeros for the
     // culled Gaussians), in parallel.
     torch::Tensor radii = torch::empty({P}, i32);
-    torch::Tensor means2D = torch::empty({P, 2}, f32);
-    torch::Tensor depths = torch::empty({P}, f32);
-    torch::Tensor conic_opacity = torch::empty({P, 4}, f32);
-    torch::Tensor colors = torch::empty({P, 3}, f32);
-    torch::Tensor tile_rects = torch::empty({P, 4}, i32);
-    torch::Tensor tiles_touched = torch::empty({P}, i32);
+    // (the internal ones from the ScratchPool: fresh pages would fault)
+    torch::Tensor means2D = pooled_empty({P, 2}, torch::kFloat32);
+    torch::Tensor depths = pooled_empty({P}, torch::kFloat32);
+    torch::Tensor conic_opacity = pooled_empty({P, 4}, torch::kFloat32);
+    torch::Tensor colors = pooled_empty({P, 3}, torch::kFloat32);
+    torch::Tensor tile_rects = pooled_empty({P, 4}, torch::kInt32);
+    torch::Tensor tiles_touched = pooled_empty({P}, torch::kInt32);
     dgr::ProjectedGaussians proj{radii.data_ptr<int>(),           means2D.data_ptr<float>(),
                                  depths.data_ptr<float>(),        conic_opacity.data_ptr<float>(),
                                  colors.data_ptr<float>(),        tile_rects.data_ptr<int>(),
