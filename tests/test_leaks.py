@@ -22,10 +22,11 @@ import pytest
 
 from reliability_support import run_child
 
-CHILD = r"""
+# The children's common start: imports, two threads, and the resident set.
+PREAMBLE = r"""
 import gc, json, os, sys
 import torch
-from diff_gaussian_rasterization_ks import GaussianRasterizer
+from diff_gaussian_rasterization_ks import GaussianRasterizer, empty_cpu_cache
 from diff_gaussian_rasterization_ks.scenes import random_scene, requires_grad_
 
 torch.set_num_threads(2)
@@ -35,7 +36,9 @@ PAGE = os.sysconf("SC_PAGE_SIZE")
 def rss():
     with open("/proc/self/statm") as f:
         return int(f.read().split()[1]) * PAGE
+"""
 
+CHILD = PREAMBLE + r"""
 
 def census():
     gc.collect()
@@ -81,24 +84,11 @@ def test_thousand_forward_backward_calls_do_not_leak(tmp_path):
     assert r["rss_growth"] < 2 * 2**20, f"RSS grew by {r['rss_growth'] / 2**20:.2f} MB over 1,000 calls: {r}"
 
 
-SCRATCH_CHILD = r"""
-import json, os
-import torch
-from diff_gaussian_rasterization_ks import GaussianRasterizer, empty_cpu_cache
-from diff_gaussian_rasterization_ks.scenes import random_scene, requires_grad_
-
-torch.set_num_threads(2)
-PAGE = os.sysconf("SC_PAGE_SIZE")
-
-
-def rss():
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * PAGE
-
+SCRATCH_CHILD = PREAMBLE + r"""
 
 # large splats on a 512 x 512 image: ~530,000 (Gaussian, tile) entries, so
-# the pool keeps ~36 MB: statistics 8.5 MB, entry->slot map 4.3 MB, the
-# backward's per-entry gradients 23 MB
+# the pool keeps ~40 MB: statistics 8.5 MB, entry->slot map 4.3 MB, the
+# backward's per-entry gradients 23 MB, the forward's internal tensors
 scene = random_scene(1_200, 512, 512, seed=3, scale_range=(0.3, 0.9))
 rasterizer = GaussianRasterizer(scene.settings)
 
@@ -127,7 +117,8 @@ def test_scratch_memory_is_reused_and_released_by_empty_cpu_cache(tmp_path):
     (ScratchPool): repeated calls reuse them instead of growing, and
     empty_cpu_cache() hands them back to the system."""
     r = run_child(tmp_path, "scratch", SCRATCH_CHILD)
-    # reuse: five more calls add at most 8 MB (allocator noise), not 5 x 36 MB
-    assert r["again"] - r["kept"] < 8 * 2**20, r
-    # release: most of the 36 MB of statistics, gradient and slot buffers go back
+    # reuse: five more calls add under 20 MB, not 5 x ~40 MB (measured 0-10 MB:
+    # glibc's heap and the pool's best-fit choice of blocks shift a little)
+    assert r["again"] - r["kept"] < 20 * 2**20, r
+    # release: most of the ~40 MB the pool holds goes back
     assert r["again"] - r["released"] > 30 * 2**20, r
