@@ -921,8 +921,12 @@ DGR_MULTIVERSION void forward_tile(const ForwardArgs& a, int64_t tile) {
     load_tile(ts, a.src, a.points, begin, end, rect, a.cull);
     const bool stats = a.slot_stats != nullptr;
     const int64_t m = ts.count;
-    // (the statistics' partial sums start at zero: reserve() zeroes them
-    // and every tile leaves them zero, below)
+    if (stats) {  // (fill_n: the buffers may still be empty; measured faster than zeroing as the flush reads)
+        std::fill_n(ts.accum_lanes.data(), m * STAT_LANES, 0.f);
+        std::fill_n(ts.max_lanes.data(), m * STAT_LANES, 0.f);
+        std::fill_n(ts.hit_lanes.data(), m * STAT_LANES, 0);
+        std::fill_n(ts.top_count.data(), m, 0);
+    }
     for (int blk = 0; blk < BLOCKS_X * BLOCKS_Y; ++blk) {
         const PixelRect r = a.frame.block_rect(rect, blk);
         if (r.empty()) continue;
@@ -935,9 +939,7 @@ DGR_MULTIVERSION void forward_tile(const ForwardArgs& a, int64_t tile) {
     if (!stats) return;
     // the statistics of the entries some pixel blended, at their slots (so
     // that the per-Gaussian sum reads its entries in a row); the others stay
-    // zero, as the buffer was allocated (see rasterize_forward_cpu). The
-    // partial sums are zeroed for the next tile as they are read (those of a
-    // splat no pixel blended are zero already: a top contributor blended).
+    // zero, as the buffer was allocated (see rasterize_forward_cpu)
     for (int64_t j = 0; j < m; ++j) {
         int32_t* hit_lanes = ts.hit_lanes.data() + j * STAT_LANES;
         const int32_t hits = lane_count<STAT_LANES>(hit_lanes);
@@ -949,10 +951,6 @@ DGR_MULTIVERSION void forward_tile(const ForwardArgs& a, int64_t tile) {
         e.max_weight = lane_max<STAT_LANES>(max_lanes);
         e.hit_count = hits;
         e.top_count = ts.top_count[j];
-        std::fill_n(accum_lanes, STAT_LANES, 0.f);
-        std::fill_n(max_lanes, STAT_LANES, 0.f);
-        std::fill_n(hit_lanes, STAT_LANES, 0);
-        ts.top_count[j] = 0;
     }
 }
 
