@@ -1211,12 +1211,10 @@ std::vector<torch::Tensor> rasterize_forward_cpu(
 
     // Per-Gaussian statistics: its entries in slot order (deterministic).
     const int64_t stats_P = compute_stats ? P : 0;
-    // (written whole below; from the pool: fresh pages cost a million-Gaussian
-    // scene ~4 ms of faults)
-    torch::Tensor accum_weight = pooled_empty({stats_P}, torch::kFloat32);
-    torch::Tensor max_weight = pooled_empty({stats_P}, torch::kFloat32);
-    torch::Tensor hit_count = pooled_empty({stats_P}, torch::kInt32);
-    torch::Tensor top_count = pooled_empty({stats_P}, torch::kInt32);
+    // (written whole below. Not from the pool: the caller gets these, and a
+    // pooled tensor's storage cannot be resized.)
+    torch::Tensor accum_weight = torch::empty({stats_P}, f32), max_weight = torch::empty({stats_P}, f32);
+    torch::Tensor hit_count = torch::empty({stats_P}, i32), top_count = torch::empty({stats_P}, i32);
     if (compute_stats) {
         const int64_t* offsets = bins.gaussian_offsets.data_ptr<int64_t>();
         float* accum = accum_weight.data_ptr<float>();

@@ -139,3 +139,17 @@ def test_antialiasing_gradient_against_float64_finite_differences(name):
     assert numeric.abs().max() > 0
     # float32 analytic vs float64 finite differences of the same algorithm
     assert_close(f"d/d{name} with antialiasing", analytic, numeric, rtol=1e-3, atol_rel=1e-4)
+
+
+def test_returned_tensors_are_ordinary_resizable_tensors():
+    """Every tensor the caller gets (maps, radii, n_contrib, statistics,
+    gradients) owns resizable storage: the CPU backend's memory pool (whose
+    tensors cannot be resized) is only for its internal state."""
+    scene = random_scene(120, 24, 32, seed=41)
+    x = requires_grad_(scene.inputs)
+    out = GaussianRasterizer(scene.settings).render(**x, stats=True)
+    (out.color.sum() + out.importance_map.sum()).backward()
+    returned = [out.color, out.importance_map, out.radii, out.invdepth, out.alpha, out.n_contrib, *out.stats]
+    returned += [v.grad for v in x.values() if isinstance(v, torch.Tensor) and v.grad is not None]
+    for t in returned:
+        t.detach().resize_(t.numel() + 7)  # raises for a pooled (from_blob) storage
