@@ -629,14 +629,13 @@ ScratchArray<int64_t> entry_slots(const int64_t* slot_entries, int64_t num_entri
 }
 
 // The forward's per-Gaussian preprocess of [begin, end), in blocks. Pass 1
-// runs dgr::project_geometry (preprocess_gaussian's math without its early
-// exits) vectorised across the block into structure-of-arrays scratch: the
-// scalar path's cull branches (near plane, off screen) mispredict on real
-// scenes, and its divisions and square roots are latency bound. The block's
-// outputs are then zeroed in a row, and pass 2, scalar, writes the
-// survivors only, after attributes_finite and with their colours. The
-// results are preprocess_gaussian's bit for bit (same helpers, same
-// operations; -ffp-contract=off). The scalar path runs instead given
+// runs dgr::project_geometry (project_gaussian without attributes_finite)
+// vectorised across the block into structure-of-arrays scratch: scalar, its
+// cull tests mispredict on real scenes, and its divisions and square roots
+// are latency bound. The block's outputs are then zeroed in a row, and
+// pass 2, scalar, writes the survivors only, after attributes_finite and
+// with their colours. The results are preprocess_gaussian's bit for bit
+// (the same function; -ffp-contract=off). The scalar path runs instead given
 // cov3D_precomp (a stride-6 load GCC does not vectorise) or `scalar` (with
 // DGR_CPU_CULL=0, so that tests/test_cpu_culling.py compares the two).
 constexpr int PREPROCESS_BLOCK = 256;

@@ -82,35 +82,12 @@ struct GaussianProjection {
     EwaProjection ewa;
 };
 
-RASTER_HD GaussianProjection project_gaussian(const GaussianInputs& in, int idx, const Camera& cam, int grid_x,
-                                              int grid_y) {
-    GaussianProjection g;
-    g.visible = false;
-    const glm::vec3 mean = load_vec3(in.means3D, idx);
-    g.t_view = transform_point_4x3(mean, cam.viewmatrix);
-    if (!in_front_of_near_plane(g.t_view)) return g;
-    const glm::vec4 p_hom = transform_point_4x4(mean, cam.projmatrix);
-    const float p_w = 1.0f / (p_hom.w + PROJ_W_EPS);
-    g.mean2D = glm::vec2(ndc_to_pixel(p_hom.x * p_w, cam.width), ndc_to_pixel(p_hom.y * p_w, cam.height));
-    if (!is_finite(g.mean2D.x) || !is_finite(g.mean2D.y)) return g;
-    if (!attributes_finite(in, idx)) return g;
-    gaussian_covariance(in, idx, g.cov3D);
-    g.ewa = ewa_projection(g.t_view, cam);
-    g.cov2d = covariance_2d(g.ewa, g.cov3D);
-    if (!conic_and_radius(g.cov2d, g.conic, g.radius)) return g;
-    g.opacity_scale = in.antialiasing ? antialias_opacity_scale(g.cov2d) : 1.0f;
-    g.rect = tile_rect(g.mean2D, g.radius, grid_x, grid_y);
-    g.visible = g.rect.area() > 0;
-    return g;
-}
-
-// project_gaussian's geometry without its early exits: every step runs, and
-// `visible` is the conjunction of its tests except attributes_finite. So
-// project_geometry(...).visible && attributes_finite(in, idx) is exactly
-// project_gaussian's `visible`, and where it holds the two agree in every
-// field (the same helpers on the same inputs). Branch-free for the CPU
-// forward, which runs it vectorised across Gaussians; slower per Gaussian
-// than project_gaussian where that returns early.
+// Everything the forward computes about one Gaussian before the pixels, and
+// whether it is drawn (`visible`): in front of the near plane, a finite pixel
+// mean, an invertible finite conic and a tile rectangle of positive area.
+// Every step runs whatever the tests say (no early exits): branch-free, so
+// that the CPU forward vectorises it across Gaussians; the fields of an
+// invisible Gaussian are meaningless.
 RASTER_HD GaussianProjection project_geometry(const GaussianInputs& in, int idx, const Camera& cam, int grid_x,
                                               int grid_y) {
     GaussianProjection g;
@@ -129,6 +106,16 @@ RASTER_HD GaussianProjection project_geometry(const GaussianInputs& in, int idx,
     const int w = g.rect.max_x - g.rect.min_x, h = g.rect.max_y - g.rect.min_y;
     const bool has_area = ((w > 0) & (h > 0)) | ((w < 0) & (h < 0));
     g.visible = in_front_of_near_plane(g.t_view) & is_finite(g.mean2D.x) & is_finite(g.mean2D.y) & conic_ok & has_area;
+    return g;
+}
+
+// project_geometry, and the attributes that reach the pixels must be finite
+// (attributes_finite): the per-Gaussian preprocess of both backends and of
+// the backward.
+RASTER_HD GaussianProjection project_gaussian(const GaussianInputs& in, int idx, const Camera& cam, int grid_x,
+                                              int grid_y) {
+    GaussianProjection g = project_geometry(in, idx, cam, grid_x, grid_y);
+    g.visible = g.visible && attributes_finite(in, idx);
     return g;
 }
 
