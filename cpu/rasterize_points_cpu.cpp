@@ -17,7 +17,6 @@
 #include <numeric>
 #include <type_traits>
 
-
 #include "../cuda_rasterizer/preprocess.h"
 #include "../rasterize_checks.h"
 #include "../rasterize_points.h"
@@ -645,15 +644,14 @@ struct ProjectedBlock {
     float radius[PREPROCESS_BLOCK];
     float mean_x[PREPROCESS_BLOCK], mean_y[PREPROCESS_BLOCK], depth[PREPROCESS_BLOCK];
     float conic_x[PREPROCESS_BLOCK], conic_y[PREPROCESS_BLOCK], conic_z[PREPROCESS_BLOCK];
-    float opacity[PREPROCESS_BLOCK];
+    float opacity_scale[PREPROCESS_BLOCK];
     int rect[4][PREPROCESS_BLOCK];
-    int touched[PREPROCESS_BLOCK];
     int candidate[PREPROCESS_BLOCK];  // (int: a bool array would force 64 lanes)
 };
 
-// Pass 1 for a block, compiled per case of colors_precomp and antialiasing
-// (branches on them, even invariant ones, keep GCC from vectorising).
-template <bool COLORS_GIVEN, bool ANTIALIASING>
+// Pass 1 for a block, compiled per case of antialiasing (a branch on it,
+// even an invariant one, keeps GCC from vectorising).
+template <bool ANTIALIASING>
 DGR_INLINE void project_block(const dgr::GaussianInputs& in_ref, const dgr::Camera& cam_ref, const TileGrid& grid,
                               int first, int n, ProjectedBlock& out) {
     // Local copies, with the cases as constants: the loop's stores could
@@ -661,7 +659,6 @@ DGR_INLINE void project_block(const dgr::GaussianInputs& in_ref, const dgr::Came
     // hoisting their loads.
     dgr::GaussianInputs in = in_ref;
     in.cov3D_precomp = nullptr;  // (the caller's case)
-    if (!COLORS_GIVEN) in.colors_precomp = nullptr;
     in.antialiasing = ANTIALIASING;
     float view[16], projm[16];
     std::copy_n(cam_ref.viewmatrix, 16, view);
@@ -674,14 +671,7 @@ DGR_INLINE void project_block(const dgr::GaussianInputs& in_ref, const dgr::Came
     for (int j = 0; j < n; ++j) {
         const int i = first + j;
         const dgr::GaussianProjection g = dgr::project_geometry(in, i, cam, grid_x, grid_y);
-        // The opacity and colours are part of attributes_finite (pass 2) too;
-        // testing them here makes their loads unconditional, which GCC needs
-        // to keep the loop free of branches.
-        const float opacity = in.opacities[i];
-        glm::vec3 c(0.f);
-        if constexpr (COLORS_GIVEN) c = dgr::load_vec3(in.colors_precomp, i);
-        out.candidate[j] = g.visible & dgr::is_finite(opacity) & dgr::is_finite(c.x) & dgr::is_finite(c.y) &
-                           dgr::is_finite(c.z);
+        out.candidate[j] = g.visible;  // (attributes_finite follows in pass 2)
         out.radius[j] = g.radius;
         out.mean_x[j] = g.mean2D.x;
         out.mean_y[j] = g.mean2D.y;
@@ -689,13 +679,11 @@ DGR_INLINE void project_block(const dgr::GaussianInputs& in_ref, const dgr::Came
         out.conic_x[j] = g.conic.x;
         out.conic_y[j] = g.conic.y;
         out.conic_z[j] = g.conic.z;
-        out.opacity[j] = opacity * g.opacity_scale;
+        out.opacity_scale[j] = g.opacity_scale;
         out.rect[0][j] = g.rect.min_x;
         out.rect[1][j] = g.rect.min_y;
         out.rect[2][j] = g.rect.max_x;
         out.rect[3][j] = g.rect.max_y;
-        // int(area()): the low 32 bits of the product
-        out.touched[j] = int(unsigned(g.rect.max_x - g.rect.min_x) * unsigned(g.rect.max_y - g.rect.min_y));
     }
 }
 
@@ -719,43 +707,25 @@ DGR_MULTIVERSION void preprocess_range(const dgr::GaussianInputs& in, const dgr:
         return;
     }
     ProjectedBlock blk;
-    const bool colors_given = in.colors_precomp != nullptr;
     for (int64_t b = begin; b < end; b += PREPROCESS_BLOCK) {
         const int n = int(std::min<int64_t>(PREPROCESS_BLOCK, end - b));
         const int first = int(b);
-        if (colors_given && in.antialiasing)
-            project_block<true, true>(in, cam, grid, first, n, blk);
-        else if (colors_given)
-            project_block<true, false>(in, cam, grid, first, n, blk);
-        else if (in.antialiasing)
-            project_block<false, true>(in, cam, grid, first, n, blk);
+        if (in.antialiasing)
+            project_block<true>(in, cam, grid, first, n, blk);
         else
-            project_block<false, false>(in, cam, grid, first, n, blk);
+            project_block<false>(in, cam, grid, first, n, blk);
         zero(first, n);
         for (int j = 0; j < n; ++j) {
             const int i = first + j;
             if (!blk.candidate[j] || !dgr::attributes_finite(in, i)) continue;
-            proj.radii[i] = int(blk.radius[j]);
-            proj.means2D[2 * i] = blk.mean_x[j];
-            proj.means2D[2 * i + 1] = blk.mean_y[j];
-            proj.depths[i] = blk.depth[j];
-            proj.conic_opacity[4 * i] = blk.conic_x[j];
-            proj.conic_opacity[4 * i + 1] = blk.conic_y[j];
-            proj.conic_opacity[4 * i + 2] = blk.conic_z[j];
-            proj.conic_opacity[4 * i + 3] = blk.opacity[j];
-            glm::vec3 color;
-            if (colors_given) {
-                color = dgr::load_vec3(in.colors_precomp, i);
-            } else {
-                bool clamped[3];
-                color = dgr::sh_to_color(in.sh_degree, in.shs + 3 * in.sh_coeffs * i, dgr::load_vec3(in.means3D, i),
-                                         cam.campos, clamped);
-            }
-            proj.colors[3 * i] = color.x;
-            proj.colors[3 * i + 1] = color.y;
-            proj.colors[3 * i + 2] = color.z;
-            for (int k = 0; k < 4; ++k) proj.tile_rects[4 * i + k] = blk.rect[k][j];
-            proj.tiles_touched[i] = blk.touched[j];
+            dgr::GaussianProjection g;  // the fields store_projection reads
+            g.radius = blk.radius[j];
+            g.mean2D = glm::vec2(blk.mean_x[j], blk.mean_y[j]);
+            g.t_view.z = blk.depth[j];
+            g.conic = glm::vec3(blk.conic_x[j], blk.conic_y[j], blk.conic_z[j]);
+            g.opacity_scale = blk.opacity_scale[j];
+            g.rect = dgr::TileRect{blk.rect[0][j], blk.rect[1][j], blk.rect[2][j], blk.rect[3][j]};
+            dgr::store_projection(i, in, cam, g, proj);
         }
     }
 }
@@ -940,14 +910,11 @@ DGR_MULTIVERSION void forward_tile(const ForwardArgs& a, int64_t tile) {
     // that the per-Gaussian sum reads its entries in a row); the others stay
     // zero, as the buffer was allocated (see rasterize_forward_cpu)
     for (int64_t j = 0; j < m; ++j) {
-        int32_t* hit_lanes = ts.hit_lanes.data() + j * STAT_LANES;
-        const int32_t hits = lane_count<STAT_LANES>(hit_lanes);
+        const int32_t hits = lane_count<STAT_LANES>(ts.hit_lanes.data() + j * STAT_LANES);
         if (hits == 0) continue;
-        float* accum_lanes = ts.accum_lanes.data() + j * STAT_LANES;
-        float* max_lanes = ts.max_lanes.data() + j * STAT_LANES;
         dgr::SplatStats& e = a.slot_stats[a.entry_slot[begin + ts.position[j]]];  // field by field: no struct copy
-        e.accum_weight = lane_sum<STAT_LANES>(accum_lanes);
-        e.max_weight = lane_max<STAT_LANES>(max_lanes);
+        e.accum_weight = lane_sum<STAT_LANES>(ts.accum_lanes.data() + j * STAT_LANES);
+        e.max_weight = lane_max<STAT_LANES>(ts.max_lanes.data() + j * STAT_LANES);
         e.hit_count = hits;
         e.top_count = ts.top_count[j];
     }
@@ -1179,8 +1146,7 @@ std::vector<torch::Tensor> rasterize_forward_cpu(
 
     // Statistics go per (Gaussian, tile) entry, owned by one tile: race free.
     const int64_t num_entries = bins.point_list.size(0);
-    // zeroed, as
-    // tiles write only the entries some pixel blended
+    // Zeroed: tiles write only the entries some pixel blended.
     ScratchArray<dgr::SplatStats> slot_stats;
     if (compute_stats) slot_stats = ScratchArray<dgr::SplatStats>(num_entries, "rasterize_forward_cpu: statistics", true);
 
@@ -1223,7 +1189,7 @@ std::vector<torch::Tensor> rasterize_forward_cpu(
         at::parallel_for(0, P, 1024, [&](int64_t begin, int64_t end) {
             for (int64_t i = begin; i < end; ++i) {
                 dgr::SplatStats sum{0.f, 0.f, 0, 0};
-                for (int64_t k = offsets[i]; k < offsets[i + 1]; ++k) dgr::merge_stats(sum, slot_stats.get()[k]);
+                for (int64_t k = offsets[i]; k < offsets[i + 1]; ++k) dgr::merge_stats(sum, slot_stats[k]);
                 accum[i] = sum.accum_weight;
                 maxw[i] = sum.max_weight;
                 hits[i] = sum.hit_count;

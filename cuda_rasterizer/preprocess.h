@@ -119,12 +119,11 @@ RASTER_HD GaussianProjection project_gaussian(const GaussianInputs& in, int idx,
     return g;
 }
 
-RASTER_HD void preprocess_gaussian(int idx, const GaussianInputs& in, const Camera& cam, int grid_x, int grid_y,
-                                   const ProjectedGaussians& out) {
-    out.radii[idx] = 0;
-    out.tiles_touched[idx] = 0;
-    const GaussianProjection g = project_gaussian(in, idx, cam, grid_x, grid_y);
-    if (!g.visible) return;
+// Writes a drawn Gaussian's outputs: from its projection the fields radius,
+// mean2D, t_view.z, conic, opacity_scale and rect (the CPU's vectorised
+// preprocess fills just these), and its colour.
+RASTER_HD void store_projection(int idx, const GaussianInputs& in, const Camera& cam, const GaussianProjection& g,
+                                const ProjectedGaussians& out) {
     glm::vec3 color;
     if (in.colors_precomp != nullptr) {
         color = load_vec3(in.colors_precomp, idx);
@@ -149,6 +148,14 @@ RASTER_HD void preprocess_gaussian(int idx, const GaussianInputs& in, const Came
     out.tile_rects[4 * idx + 2] = g.rect.max_x;
     out.tile_rects[4 * idx + 3] = g.rect.max_y;
     out.tiles_touched[idx] = int(g.rect.area());
+}
+
+RASTER_HD void preprocess_gaussian(int idx, const GaussianInputs& in, const Camera& cam, int grid_x, int grid_y,
+                                   const ProjectedGaussians& out) {
+    out.radii[idx] = 0;
+    out.tiles_touched[idx] = 0;
+    const GaussianProjection g = project_gaussian(in, idx, cam, grid_x, grid_y);
+    if (g.visible) store_projection(idx, in, cam, g, out);
 }
 
 // Gradients of the per-Gaussian inputs; null pointers are not written.
