@@ -87,10 +87,6 @@ RASTER_HD float splat_power(const glm::vec4& co, float dx, float dy) {
     return -0.5f * (co.x * dx * dx + co.z * dy * dy) - co.y * dx * dy;
 }
 
-// alpha = min(0.99, opacity G), written so that a NaN product gives 0.99 as
-// fminf does.
-RASTER_HD float clamp_alpha(float opacity_G) { return opacity_G < ALPHA_MAX ? opacity_G : ALPHA_MAX; }
-
 // Evaluates a splat at offset (dx, dy) = mean - pixel. Returns false when
 // the pixel skips it (power > 0 or alpha < 1/255); otherwise sets alpha and
 // the unclamped Gaussian value G = exp(power). Branch-free (alpha and G are
@@ -100,7 +96,7 @@ RASTER_HD bool splat_alpha(const glm::vec4& co, float dx, float dy, float& alpha
     const float power = splat_power(co, dx, dy);
     G = splat_exp(power);
     const float opacity_G = co.w * G;
-    alpha = clamp_alpha(opacity_G);
+    alpha = at_most(opacity_G, ALPHA_MAX);
     return !(power > 0.0f) & !(opacity_G < ALPHA_MIN);  // alpha >= 1/255 (also where opacity G is NaN)
 }
 

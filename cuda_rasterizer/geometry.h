@@ -51,15 +51,6 @@ RASTER_HD float ndc_to_pixel(float v, int size) {
     return ((v + 1.0f) * size - 1.0f) * 0.5f;
 }
 
-// fmaxf(lo, v) and fminf(v, hi) for a constant bound that is not NaN, NaN v
-// included (it gives the bound, as fminf/fmaxf do), written with one
-// comparison: on the host GCC calls libm's fminf/fmaxf out of line, which
-// cost the preprocess 14 calls per Gaussian.
-RASTER_HD float at_least(float v, float lo) { return v > lo ? v : lo; }
-RASTER_HD float at_most(float v, float hi) { return v < hi ? v : hi; }
-// fminf(hi, fmaxf(lo, v)) for lo <= hi
-RASTER_HD float clamp_between(float v, float lo, float hi) { return at_most(at_least(v, lo), hi); }
-
 RASTER_HD bool is_finite(float v) {
     return v - v == 0.0f;  // false for NaN and +-Inf, also under fast-math-free nvcc
 }
