@@ -237,35 +237,75 @@ struct Binning {
 // The visible Gaussians (tiles_touched > 0) in order of depth, ties by index:
 // a stable LSD radix sort on the bits of the depth (positive floats order
 // like their bit patterns; the preprocess culls z <= 0.2 and NaN).
-std::vector<int32_t> depth_order(const float* depth, const int* touched, int64_t P) {
-    std::vector<int32_t> order, other;
-    std::vector<uint32_t> keys, other_keys;
-    order.reserve(P);
-    keys.reserve(P);
-    for (int64_t i = 0; i < P; ++i)
-        if (touched[i] > 0) {
-            uint32_t k;
-            std::memcpy(&k, &depth[i], sizeof(k));
-            order.push_back(int32_t(i));
-            keys.push_back(k);
+ScratchArray<int32_t> depth_order(const float* depth, const int* touched, int64_t P, int64_t& V) {
+    // Sorted as (depth bits << 32 | index), one array moved per pass. Each
+    // step splits its range into chunks that count, then write from their
+    // own cursors in parallel; within a bucket, chunk c's items go before
+    // chunk c + 1's, so the order does not depend on the number of chunks.
+    const int64_t chunks = std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), P / 16384));
+    auto chunk_begin = [&](int64_t n, int64_t c) { return n * c / chunks; };
+    std::vector<int64_t> start(size_t(chunks + 1), 0);
+    at::parallel_for(0, chunks, 1, [&](int64_t c0, int64_t c1) {
+        for (int64_t c = c0; c < c1; ++c) {
+            int64_t k = 0;
+            for (int64_t i = chunk_begin(P, c); i < chunk_begin(P, c + 1); ++i) k += touched[i] > 0;
+            start[size_t(c + 1)] = k;
         }
-    const size_t n = order.size();
-    other.resize(n);
-    other_keys.resize(n);
+    });
+    for (int64_t c = 0; c < chunks; ++c) start[size_t(c + 1)] += start[size_t(c)];
+    const int64_t n = V = start[size_t(chunks)];
+    ScratchArray<uint64_t> items(n, "bin_gaussians: depth order", false), other(n, "bin_gaussians: depth order", false);
+    uint64_t* a = items.get();
+    uint64_t* b = other.get();
+    at::parallel_for(0, chunks, 1, [&](int64_t c0, int64_t c1) {
+        for (int64_t c = c0; c < c1; ++c) {
+            int64_t k = start[size_t(c)];
+            const int64_t last = start[size_t(c + 1)];
+            uint64_t spare;  // where the culled ones after the chunk's last visible one go
+            for (int64_t i = chunk_begin(P, c); i < chunk_begin(P, c + 1); ++i) {
+                uint32_t key;
+                std::memcpy(&key, &depth[i], sizeof(key));
+                // written always and kept if visible: a branch here mispredicts
+                // (~30% of a real scene's Gaussians are visible, in no order)
+                *(k < last ? a + k : &spare) = uint64_t(key) << 32 | uint64_t(i);
+                k += touched[i] > 0;
+            }
+        }
+    });
     constexpr int BITS = 11, BUCKETS = 1 << BITS;
-    for (int shift = 0; shift < 32; shift += BITS) {
-        std::vector<size_t> count(BUCKETS + 1, 0);
-        for (size_t i = 0; i < n; ++i) ++count[((keys[i] >> shift) & (BUCKETS - 1)) + 1];
-        if (count[((keys.empty() ? 0 : keys[0]) >> shift & (BUCKETS - 1)) + 1] == n) continue;  // one bucket
-        for (int d = 0; d < BUCKETS; ++d) count[d + 1] += count[d];
-        for (size_t i = 0; i < n; ++i) {
-            const size_t to = count[(keys[i] >> shift) & (BUCKETS - 1)]++;
-            other[to] = order[i];
-            other_keys[to] = keys[i];
-        }
-        order.swap(other);
-        keys.swap(other_keys);
+    std::vector<int64_t> cursor(size_t(chunks * BUCKETS));
+    for (int shift = 32; shift < 64; shift += BITS) {
+        auto digit = [shift](uint64_t item) { return int64_t((item >> shift) & (BUCKETS - 1)); };
+        at::parallel_for(0, chunks, 1, [&](int64_t c0, int64_t c1) {
+            for (int64_t c = c0; c < c1; ++c) {
+                int64_t* count = cursor.data() + c * BUCKETS;
+                std::fill_n(count, BUCKETS, 0);
+                for (int64_t i = chunk_begin(n, c); i < chunk_begin(n, c + 1); ++i) ++count[digit(a[i])];
+            }
+        });
+        if (n == 0) break;
+        int64_t in_first_bucket = 0;  // of a[0]'s: if all are, this pass moves nothing
+        for (int64_t c = 0; c < chunks; ++c) in_first_bucket += cursor[size_t(c * BUCKETS + digit(a[0]))];
+        if (in_first_bucket == n) continue;
+        int64_t total = 0;
+        for (int64_t d = 0; d < BUCKETS; ++d)
+            for (int64_t c = 0; c < chunks; ++c) {
+                const int64_t k = cursor[size_t(c * BUCKETS + d)];
+                cursor[size_t(c * BUCKETS + d)] = total;
+                total += k;
+            }
+        at::parallel_for(0, chunks, 1, [&](int64_t c0, int64_t c1) {
+            for (int64_t c = c0; c < c1; ++c) {
+                int64_t* next = cursor.data() + c * BUCKETS;
+                for (int64_t i = chunk_begin(n, c); i < chunk_begin(n, c + 1); ++i) b[next[digit(a[i])]++] = a[i];
+            }
+        });
+        std::swap(a, b);
     }
+    ScratchArray<int32_t> order(n, "bin_gaussians: depth order", false);
+    at::parallel_for(0, n, 16384, [&](int64_t i0, int64_t i1) {
+        for (int64_t i = i0; i < i1; ++i) order[i] = int32_t(uint32_t(a[i]));
+    });
     return order;
 }
 
@@ -281,8 +321,8 @@ Binning bin_gaussians(const torch::Tensor& depths, const torch::Tensor& tile_rec
     const int64_t* offsets = b.gaussian_offsets.data_ptr<int64_t>();
     const int64_t num_entries = offsets[P];
 
-    const std::vector<int32_t> order = depth_order(depth, touched, P);
-    const int64_t V = int64_t(order.size());
+    int64_t V = 0;
+    const ScratchArray<int32_t> order = depth_order(depth, touched, P, V);
 
     // The depth-ordered list is cut into chunks; each chunk counts its
     // entries per tile, then scatters them from its own cursors. The result
@@ -292,8 +332,8 @@ Binning bin_gaussians(const torch::Tensor& depths, const torch::Tensor& tile_rec
     // parallel), so that the two passes below read them in a row rather than
     // at random Gaussians: on a million Gaussians those scattered reads made
     // the binning cache-miss bound.
-    std::vector<dgr::TileRect> sorted_rect(static_cast<size_t>(V));
-    std::vector<int64_t> sorted_slot(static_cast<size_t>(V));
+    ScratchArray<dgr::TileRect> sorted_rect(V, "bin_gaussians: rectangles", false);
+    ScratchArray<int64_t> sorted_slot(V, "bin_gaussians: first slots", false);
     at::parallel_for(0, V, 16384, [&](int64_t begin, int64_t end) {
         for (int64_t i = begin; i < end; ++i) {
             const int64_t g = order[i];
@@ -577,28 +617,43 @@ struct BlockLanes {
 };
 
 // The sum (max, count) of v[0..N) in a fixed pairwise order: halves added
-// lane by lane, N/2, N/4, ..., 1 (the same on every ISA). In registers.
+// lane by lane, N/2, N/4, ..., 1 (the same on every ISA). In registers: each
+// halving is one element-wise vector operation (GCC vector extensions, which
+// any x86-64 lowers to exact SSE/AVX operations in the same order), as GCC
+// left the scalar form unvectorised (~45 scalar operations per entry in the
+// forward's statistics flush).
 template <int N, typename T, typename Op>
 DGR_INLINE T lane_tree(const T* v, Op op) {
     if constexpr (N == 1) {
         return v[0];
     } else {
         T half[N / 2];
+#if defined(__GNUC__)
+        if constexpr (N >= 4) {
+            typedef T Half __attribute__((vector_size(N / 2 * sizeof(T))));
+            Half lo, hi;
+            std::memcpy(&lo, v, sizeof(Half));
+            std::memcpy(&hi, v + N / 2, sizeof(Half));
+            const Half h = op(lo, hi);
+            std::memcpy(half, &h, sizeof(Half));
+            return lane_tree<N / 2>(half, op);
+        }
+#endif
         for (int l = 0; l < N / 2; ++l) half[l] = op(v[l], v[l + N / 2]);
         return lane_tree<N / 2>(half, op);
     }
 }
 template <int N>
 DGR_INLINE float lane_sum(const float* v) {
-    return lane_tree<N>(v, [](float a, float b) { return a + b; });
+    return lane_tree<N>(v, [](auto a, auto b) { return a + b; });
 }
 template <int N>
 DGR_INLINE float lane_max(const float* v) {
-    return lane_tree<N>(v, [](float a, float b) { return b > a ? b : a; });
+    return lane_tree<N>(v, [](auto a, auto b) { return b > a ? b : a; });
 }
 template <int N>
 DGR_INLINE int32_t lane_count(const int32_t* v) {
-    return lane_tree<N>(v, [](int32_t a, int32_t b) { return a + b; });
+    return lane_tree<N>(v, [](auto a, auto b) { return a + b; });
 }
 
 // The slot of each entry: the inverse of the permutation slot_entries (its
@@ -631,7 +686,7 @@ ScratchArray<int64_t> entry_slots(const int64_t* slot_entries, int64_t num_entri
 // runs dgr::project_geometry (project_gaussian without attributes_finite)
 // vectorised across the block into structure-of-arrays scratch: scalar, its
 // cull tests mispredict on real scenes, and its divisions and square roots
-// are latency bound. The block's outputs are then zeroed in a row, and
+// are latency bound. The block's radii and tile counts are then zeroed, and
 // pass 2, scalar, writes the survivors only, after attributes_finite and
 // with their colours. The results are preprocess_gaussian's bit for bit
 // (the same function; -ffp-contract=off). The scalar path runs instead given
@@ -690,19 +745,16 @@ DGR_INLINE void project_block(const dgr::GaussianInputs& in_ref, const dgr::Came
 DGR_MULTIVERSION void preprocess_range(const dgr::GaussianInputs& in, const dgr::Camera& cam, const TileGrid& grid,
                                        const dgr::ProjectedGaussians& proj, int64_t begin, int64_t end,
                                        bool scalar) {
-    auto zero = [&](int64_t i, int64_t count) {  // the outputs of Gaussians [i, i + count)
+    // What a culled Gaussian [i, i + count) gets: radius 0, no tiles. (Its
+    // other fields are never read: everything downstream goes by
+    // tiles_touched. Zeroing them was 56 B per Gaussian, ~2 ms on a million.)
+    auto zero = [&](int64_t i, int64_t count) {
         std::fill_n(proj.radii + i, count, 0);
         std::fill_n(proj.tiles_touched + i, count, 0);
-        std::fill_n(proj.means2D + 2 * i, 2 * count, 0.f);
-        std::fill_n(proj.depths + i, count, 0.f);
-        std::fill_n(proj.conic_opacity + 4 * i, 4 * count, 0.f);
-        std::fill_n(proj.colors + 3 * i, 3 * count, 0.f);
-        std::fill_n(proj.tile_rects + 4 * i, 4 * count, 0);
     };
     if (scalar || in.cov3D_precomp != nullptr) {
         for (int64_t i = begin; i < end; ++i) {
             dgr::preprocess_gaussian(int(i), in, cam, grid.grid_x, grid.grid_y, proj);
-            if (proj.tiles_touched[i] == 0) zero(i, 1);  // (the fields it leaves alone)
         }
         return;
     }
@@ -909,7 +961,10 @@ DGR_MULTIVERSION void forward_tile(const ForwardArgs& a, int64_t tile) {
     // the statistics of the entries some pixel blended, at their slots (so
     // that the per-Gaussian sum reads its entries in a row); the others stay
     // zero, as the buffer was allocated (see rasterize_forward_cpu)
+    constexpr int64_t PREFETCH_AHEAD = 16;
     for (int64_t j = 0; j < m; ++j) {
+        if (j + PREFETCH_AHEAD < m)
+            __builtin_prefetch(a.slot_stats + a.entry_slot[begin + ts.position[j + PREFETCH_AHEAD]], 1);
         const int32_t hits = lane_count<STAT_LANES>(ts.hit_lanes.data() + j * STAT_LANES);
         if (hits == 0) continue;
         dgr::SplatStats& e = a.slot_stats[a.entry_slot[begin + ts.position[j]]];  // field by field: no struct copy

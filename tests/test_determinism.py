@@ -50,3 +50,29 @@ def test_every_output_and_gradient_bit_identical_across_thread_counts():
                     assert torch.equal(a, b), f"{n} differs with {threads} threads"
     finally:
         torch.set_num_threads(old)
+
+
+def test_large_scene_bit_identical_across_thread_counts():
+    """Enough Gaussians that the depth sort and the binning split their work
+    into chunks (one per thread, at least 16,384 Gaussians each), with exact
+    depth ties across the chunks (copies of Gaussians with other colours):
+    the order, hence every output and statistic, is the same for any number
+    of chunks."""
+    scene = random_scene(40000, 48, 64, seed=24, scale_range=(0.01, 0.05))
+    x = dict(scene.inputs)
+    half = 20000  # Gaussian i + 20000 copies the position of Gaussian i: the two lie in different chunks
+    x["means3D"] = torch.cat([x["means3D"][:half], x["means3D"][:half]])
+    results = []
+    old = torch.get_num_threads()
+    try:
+        for threads in (1, 2, 3):
+            torch.set_num_threads(threads)
+            with torch.no_grad():
+                out = GaussianRasterizer(scene.settings).render(**x, stats=True)
+            results.append([out.color, out.importance_map, out.radii, out.n_contrib, *out.stats])
+    finally:
+        torch.set_num_threads(old)
+    assert int((results[0][2] > 0).sum()) > 20000, "most Gaussians are visible"
+    for threads, other in zip((2, 3), results[1:]):
+        for a, b in zip(results[0], other):
+            assert torch.equal(a, b), f"differs with {threads} threads"
