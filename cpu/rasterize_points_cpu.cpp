@@ -742,6 +742,22 @@ DGR_INLINE void project_block(const dgr::GaussianInputs& in_ref, const dgr::Came
     }
 }
 
+// Whether some Gaussian of [first, first + n) is in front of the near plane
+// (project_geometry's test, on the same view-space depth): a block with none
+// draws nothing, and skipping it skips the reads of its scales and rotations
+// (a scene seen from inside has many such blocks: 40% of garden-x3's
+// Gaussians are behind the camera).
+DGR_INLINE bool any_in_front(const dgr::GaussianInputs& in, const dgr::Camera& cam, int first, int n) {
+    float view[16];
+    std::copy_n(cam.viewmatrix, 16, view);
+    const float* means = in.means3D;
+    int any = 0;
+#pragma omp simd reduction(| : any)
+    for (int j = 0; j < n; ++j)
+        any |= dgr::in_front_of_near_plane(dgr::transform_point_4x3(dgr::load_vec3(means, first + j), view)) ? 1 : 0;
+    return any != 0;
+}
+
 DGR_MULTIVERSION void preprocess_range(const dgr::GaussianInputs& in, const dgr::Camera& cam, const TileGrid& grid,
                                        const dgr::ProjectedGaussians& proj, int64_t begin, int64_t end,
                                        bool scalar) {
@@ -762,6 +778,10 @@ DGR_MULTIVERSION void preprocess_range(const dgr::GaussianInputs& in, const dgr:
     for (int64_t b = begin; b < end; b += PREPROCESS_BLOCK) {
         const int n = int(std::min<int64_t>(PREPROCESS_BLOCK, end - b));
         const int first = int(b);
+        if (!any_in_front(in, cam, first, n)) {
+            zero(first, n);
+            continue;
+        }
         if (in.antialiasing)
             project_block<true>(in, cam, grid, first, n, blk);
         else

@@ -46,6 +46,18 @@ def border_scene(seed):
                         behind_fraction=0.25)
 
 
+def nearest_first(scene):
+    """The scene's Gaussians in order of view depth: the ones behind the
+    camera come first, whole 256-Gaussian blocks of them, which the vectorised
+    preprocess skips without projecting them."""
+    m = scene.inputs["means3D"]
+    z = (torch.cat([m, torch.ones(m.shape[0], 1)], 1) @ scene.settings.viewmatrix)[:, 2]
+    order = torch.argsort(z)
+    assert (z[order[:256]] <= 0.2).all(), "a whole block is behind the near plane"
+    inputs = {k: (v[order].contiguous() if isinstance(v, torch.Tensor) else v) for k, v in scene.inputs.items()}
+    return scene._replace(inputs=inputs)
+
+
 def antialiased(scene):
     return scene._replace(settings=scene.settings._replace(antialiasing=True))
 
@@ -59,6 +71,7 @@ SCENES = [
                  id="large_cov3D"),
     pytest.param(lambda: border_scene(6), id="border"),
     pytest.param(lambda: antialiased(border_scene(7)), id="border_antialiased"),
+    pytest.param(lambda: nearest_first(border_scene(8)), id="border_nearest_first"),
 ]
 
 
