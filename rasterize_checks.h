@@ -16,7 +16,7 @@
 //
 // The input checks are O(1). The backward also checks the values of the
 // forward state that index memory (tiles_touched and gaussian_offsets,
-// tile_ranges, point_list, slot_entries, n_contrib): one pass over each,
+// tile_ranges, point_list, entry_slots, n_contrib): one pass over each,
 // O(P + E + H W), cheap next to the backward itself (which visits every entry
 // for each pixel of its tile): under 1% of it for a million Gaussians on the
 // CPU, and one synchronisation on CUDA.
@@ -45,13 +45,13 @@ enum StateIndex {
     S_GAUSSIAN_OFFSETS,
     S_TILE_RANGES,
     S_POINT_LIST,
-    S_SLOT_ENTRIES,
+    S_ENTRY_SLOTS,
     S_FINAL_T,
     S_N_CONTRIB,
     S_COUNT
 };
 
-// Which entry points are checked: the tensors' device type, and slot_entries
+// Which entry points are checked: the tensors' device type, and entry_slots
 // (the CPU backward reads it; the CUDA forward leaves it empty).
 enum class Backend { CPU, CUDA };
 
@@ -246,9 +246,9 @@ inline void check_forward_state(const Checker& c, Backend backend, const std::ve
     c.tensor("state.point_list", point_list, torch::kInt32, {{E}});
     const bool cpu = backend == Backend::CPU;
     if (cpu)
-        c.tensor("state.slot_entries", state[S_SLOT_ENTRIES], torch::kInt64, {{E}}, from_E);
+        c.tensor("state.entry_slots", state[S_ENTRY_SLOTS], torch::kInt64, {{E}}, from_E);
     else  // unused by the CUDA backward, which leaves it empty
-        c.tensor("state.slot_entries", state[S_SLOT_ENTRIES], torch::kInt64, {{0}, {E}}, from_E);
+        c.tensor("state.entry_slots", state[S_ENTRY_SLOTS], torch::kInt64, {{0}, {E}}, from_E);
     c.tensor("state.final_T", state[S_FINAL_T], torch::kFloat32, {{H, W}});
     c.tensor("state.n_contrib", state[S_N_CONTRIB], torch::kInt32, {{H, W}}, from_HW);
 
@@ -261,7 +261,7 @@ inline void check_forward_state(const Checker& c, Backend backend, const std::ve
     const torch::Tensor& touched = state[S_TILES_TOUCHED];
     const torch::Tensor& offsets = state[S_GAUSSIAN_OFFSETS];
     const torch::Tensor& ranges = state[S_TILE_RANGES];
-    const torch::Tensor& slots = state[S_SLOT_ENTRIES];
+    const torch::Tensor& slots = state[S_ENTRY_SLOTS];
     const torch::Tensor& n_contrib = state[S_N_CONTRIB];
     enum { TOUCHED, OFFSETS, RANGES, POINTS, SLOTS, N_CONTRIB, NUM_CONDITIONS };
     bool ok[NUM_CONDITIONS];
@@ -337,7 +337,7 @@ inline void check_forward_state(const Checker& c, Backend backend, const std::ve
                 "), got ", first_last(ranges), " (or a decreasing step)");
     TORCH_CHECK(ok[POINTS], c.fn(), ": state.point_list: expected Gaussian indices in [0, ", P, ") (", from_P,
                 "), got values in ", min_max(point_list));
-    TORCH_CHECK(ok[SLOTS], c.fn(), ": state.slot_entries: expected entry indices in [0, ", E, ") (", from_E,
+    TORCH_CHECK(ok[SLOTS], c.fn(), ": state.entry_slots: expected slot indices in [0, ", E, ") (", from_E,
                 "), got values in ", min_max(slots));
     if (!ok[N_CONTRIB]) {
         const torch::Tensor per_pixel = per_pixel_counts(ranges, grid_x, grid_y, H, W);

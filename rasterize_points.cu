@@ -5,7 +5,7 @@
 //
 // Outputs and the forward state have the CPU backend's order, shapes and
 // dtypes (rasterize_points.h), so the Python autograd code is
-// backend-agnostic; the one difference is slot_entries, which only the CPU's
+// backend-agnostic; the one difference is entry_slots, which only the CPU's
 // deterministic per-entry reduction uses: here it is an empty int64 tensor
 // (the CUDA backward sums per Gaussian with atomics instead).
 //
@@ -39,7 +39,7 @@ using ck::S_TILES_TOUCHED;
 using ck::S_GAUSSIAN_OFFSETS;
 using ck::S_TILE_RANGES;
 using ck::S_POINT_LIST;
-using ck::S_SLOT_ENTRIES;
+using ck::S_ENTRY_SLOTS;
 using ck::S_FINAL_T;
 using ck::S_N_CONTRIB;
 using ck::S_COUNT;
@@ -188,7 +188,7 @@ std::vector<torch::Tensor> rasterize_forward_cuda(
 
     // Not used by the CUDA backward (it reduces with atomics); kept so the
     // state has the CPU's 11 entries in the CPU's order.
-    torch::Tensor slot_entries = torch::empty({0}, i64);
+    torch::Tensor entry_slots = torch::empty({0}, i64);
 
     constexpr int S = 5;  // the state follows the five outputs
     std::vector<torch::Tensor> result(S + int(S_COUNT));
@@ -205,7 +205,7 @@ std::vector<torch::Tensor> rasterize_forward_cuda(
     result[S + S_GAUSSIAN_OFFSETS] = gaussian_offsets;
     result[S + S_TILE_RANGES] = tile_ranges;
     result[S + S_POINT_LIST] = point_list;
-    result[S + S_SLOT_ENTRIES] = slot_entries;
+    result[S + S_ENTRY_SLOTS] = entry_slots;
     result[S + S_FINAL_T] = final_T;
     result[S + S_N_CONTRIB] = n_contrib;
     for (const torch::Tensor& t : {accum_weight, hit_count, max_weight, top_count}) result.push_back(t);

@@ -48,7 +48,7 @@ inline dgr::GaussianInputs gaussian_inputs(const torch::Tensor& means3D, const t
 // cpu/rasterize_points_cpu.cpp): means2D [P,2], depths [P],
 // conic_opacity [P,4], colors [P,3], tiles_touched [P] int32,
 // gaussian_offsets [P+1] int64, tile_ranges [tiles+1] int64, point_list [E]
-// int32, slot_entries [E] int64, final_T [H,W], n_contrib [H,W] int32; last,
+// int32, entry_slots [E] int64, final_T [H,W], n_contrib [H,W] int32; last,
 // the per-Gaussian statistics accum_weight [P], hit_count [P] int32,
 // max_weight [P], top_count [P] int32 (empty unless compute_stats;
 // pixel_weights [H,W] or empty weighs accum_weight).
@@ -93,7 +93,7 @@ torch::Tensor entry_offsets_cpu(const torch::Tensor& tiles_touched);
 // The CUDA backend (rasterize_points.cu): the CPU functions' arguments and
 // results, for CUDA tensors all on one device, plus `debug` (synchronise
 // after every stage and name the one that failed). Differences: the state's
-// slot_entries is an empty int64 tensor (unused: the CUDA backward sums
+// entry_slots is an empty int64 tensor (unused: the CUDA backward sums
 // per-Gaussian gradients with atomics, so they are reproducible to float
 // rounding only, not bit for bit).
 std::vector<torch::Tensor> rasterize_forward_cuda(

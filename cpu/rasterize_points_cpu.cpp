@@ -223,15 +223,17 @@ TileGrid make_grid(int64_t height, int64_t width) {
 
 // Binning: one entry per (Gaussian, touched tile), ordered by tile and then
 // by depth (ties by Gaussian index: a stable order). Besides the sorted
-// Gaussian list it records, for slot k of Gaussian g (its k-th tile in
-// row-major order of its rectangle), the position of that entry in the
-// sorted list, so the backward can gather a Gaussian's entries in order.
+// Gaussian list it records the slot of each entry: entry k of Gaussian g (its
+// k-th tile in row-major order of its rectangle) has slot
+// gaussian_offsets[g] + k, so per-entry results stored at their slots (the
+// statistics, the backward's gradients) lie in a row per Gaussian. (The slot
+// of each entry rather than the entry of each slot: written in the entries'
+// order, beside point_list, instead of at a random Gaussian's slots.)
 struct Binning {
     torch::Tensor gaussian_offsets;  // [P+1] int64: first slot of each Gaussian
     torch::Tensor tile_ranges;       // [tiles+1] int64: first entry of each tile
     torch::Tensor point_list;        // [E] int32: Gaussian of each sorted entry
-    torch::Tensor slot_entries;      // [E] int64: sorted entry of each slot
-    ScratchArray<int64_t> entry_slot;  // [E]: slot of each entry (the inverse), if asked for
+    torch::Tensor entry_slots;       // [E] int64: slot of each sorted entry
 };
 
 // The visible Gaussians (tiles_touched > 0) in order of depth, ties by index:
@@ -310,7 +312,7 @@ ScratchArray<int32_t> depth_order(const float* depth, const int* touched, int64_
 }
 
 Binning bin_gaussians(const torch::Tensor& depths, const torch::Tensor& tile_rects,
-                      const torch::Tensor& tiles_touched, const TileGrid& grid, bool want_entry_slot) {
+                      const torch::Tensor& tiles_touched, const TileGrid& grid) {
     const int64_t P = depths.size(0);
     const float* depth = depths.data_ptr<float>();
     const int* rects = tile_rects.data_ptr<int>();
@@ -371,11 +373,9 @@ Binning bin_gaussians(const torch::Tensor& depths, const torch::Tensor& tile_rec
     ranges[num_tiles] = total;
 
     b.point_list = pooled_empty({num_entries}, torch::kInt32);
-    b.slot_entries = pooled_empty({num_entries}, torch::kInt64);
+    b.entry_slots = pooled_empty({num_entries}, torch::kInt64);
     int32_t* points = b.point_list.data_ptr<int32_t>();
-    int64_t* slots = b.slot_entries.data_ptr<int64_t>();
-    if (want_entry_slot) b.entry_slot = ScratchArray<int64_t>(num_entries, "bin_gaussians: entry_slot", false);
-    int64_t* entry_slot = b.entry_slot.get();
+    int64_t* slots = b.entry_slots.data_ptr<int64_t>();
     at::parallel_for(0, chunks, 1, [&](int64_t c0, int64_t c1) {
         for (int64_t c = c0; c < c1; ++c) {
             int64_t* next = cursor.data() + c * num_tiles;
@@ -385,8 +385,7 @@ Binning bin_gaussians(const torch::Tensor& depths, const torch::Tensor& tile_rec
                 for_each_tile(i, [&](int64_t t) {
                     const int64_t entry = next[t]++;
                     points[entry] = g;
-                    if (entry_slot != nullptr) entry_slot[entry] = slot;
-                    slots[slot++] = entry;
+                    slots[entry] = slot++;
                 });
             }
         }
@@ -656,30 +655,25 @@ DGR_INLINE int32_t lane_count(const int32_t* v) {
     return lane_tree<N>(v, [](auto a, auto b) { return a + b; });
 }
 
-// The slot of each entry: the inverse of the permutation slot_entries (its
-// values already checked to lie in [0, E), rasterize_checks.h). Every slot
-// starts at -1, so that one left unwritten shows that slot_entries repeats a
-// value and is no permutation: an error, rather than the backward writing a
-// gradient wherever uninitialised memory points. (Two sequential passes,
-// ~1% of the backward; checking the inverse entry by entry, a random gather,
-// would cost 8%.)
-ScratchArray<int64_t> entry_slots(const int64_t* slot_entries, int64_t num_entries) {
-    ScratchArray<int64_t> entry_slot(num_entries, "rasterize_backward_cpu: entry_slot", false);
-    at::parallel_for(0, num_entries, 1 << 16, [&](int64_t begin, int64_t end) {
-        std::fill(entry_slot.get() + begin, entry_slot.get() + end, int64_t(-1));
-    });
+// Raises unless entry_slots (values already checked to lie in [0, E),
+// rasterize_checks.h) is a permutation: a repeated slot would have two
+// entries write one gradient and leave another slot unwritten, which the
+// per-Gaussian sum would then read. One byte per slot, marked in parallel
+// (relaxed atomic stores of the same value), then one pass that checks them.
+void check_entry_slots_permutation(const int64_t* entry_slots, int64_t num_entries) {
+    ScratchArray<uint8_t> seen(num_entries, "rasterize_backward_cpu: entry_slots check", true);
+    uint8_t* mark = seen.get();
     at::parallel_for(0, num_entries, 16384, [&](int64_t begin, int64_t end) {
-        for (int64_t k = begin; k < end; ++k) entry_slot[slot_entries[k]] = k;
+        for (int64_t e = begin; e < end; ++e) __atomic_store_n(&mark[entry_slots[e]], uint8_t(1), __ATOMIC_RELAXED);
     });
     std::atomic<bool> complete{true};
     at::parallel_for(0, num_entries, 1 << 16, [&](int64_t begin, int64_t end) {
-        bool all = true;
-        for (int64_t e = begin; e < end; ++e) all &= entry_slot[e] >= 0;
+        uint8_t all = 1;
+        for (int64_t k = begin; k < end; ++k) all &= mark[k];
         if (!all) complete = false;
     });
-    TORCH_CHECK(complete, "rasterize_backward_cpu: state.slot_entries: expected a permutation of [0, E) (E = ",
-                num_entries, " from state.point_list), got repeated entries");
-    return entry_slot;
+    TORCH_CHECK(complete, "rasterize_backward_cpu: state.entry_slots: expected a permutation of [0, E) (E = ",
+                num_entries, " from state.point_list), got repeated slots");
 }
 
 // The forward's per-Gaussian preprocess of [begin, end), in blocks. Pass 1
@@ -819,7 +813,7 @@ struct ForwardArgs : TileArgs {
     float* final_T;
     int* n_contrib;
     dgr::SplatStats* slot_stats;   // statistics: [E] per (Gaussian, tile) entry, in slot order; null: none
-    const int64_t* entry_slot;     // with statistics: [E] the slot of each entry
+    const int64_t* entry_slot;     // with statistics: [E] the slot of each entry (state.entry_slots)
     const float* pixel_weight;     // null: weights 1
 };
 
@@ -1003,7 +997,7 @@ struct BackwardArgs : TileArgs {
     const float* dL_dinvdepth;
     const float* dL_dalpha;
     float half_w, half_h;
-    const int64_t* entry_slot;   // [E]: the slot of each entry (inverse of slot_entries)
+    const int64_t* entry_slot;   // [E]: the slot of each entry (state.entry_slots)
     dgr::SplatGrad* slot_grads;  // [E]: per (Gaussian, tile) gradient, in slot order
 };
 
@@ -1141,11 +1135,11 @@ DGR_MULTIVERSION void backward_tile(const BackwardArgs& a, int64_t tile) {
 // to_vector() is the order documented in rasterize_points.h.
 struct ForwardState {
     torch::Tensor means2D, depths, conic_opacity, colors, tiles_touched, gaussian_offsets, tile_ranges, point_list,
-        slot_entries, final_T, n_contrib;
+        entry_slots, final_T, n_contrib;
 
     std::vector<torch::Tensor> to_vector() const {
         return {means2D,     depths,     conic_opacity, colors,  tiles_touched, gaussian_offsets,
-                tile_ranges, point_list, slot_entries,  final_T, n_contrib};
+                tile_ranges, point_list, entry_slots,   final_T, n_contrib};
     }
     static ForwardState from_vector(const std::vector<torch::Tensor>& v) {
         TORCH_CHECK(v.size() == 11, "rasterizer backward: expected 11 forward-state tensors, got ", v.size());
@@ -1201,7 +1195,7 @@ std::vector<torch::Tensor> rasterize_forward_cpu(
         preprocess_range(in, cam, grid, proj, begin, end, scalar_preprocess);
     });
 
-    Binning bins = bin_gaussians(depths, tile_rects, tiles_touched, grid, compute_stats);
+    Binning bins = bin_gaussians(depths, tile_rects, tiles_touched, grid);
 
     torch::Tensor out_color = torch::empty({3, H, W}, f32);
     torch::Tensor out_importance = torch::empty({H, W}, f32);
@@ -1238,12 +1232,12 @@ std::vector<torch::Tensor> rasterize_forward_cpu(
     args.final_T = final_T_px;
     args.n_contrib = n_contrib_px;
     args.slot_stats = slot_stats.get();
-    args.entry_slot = bins.entry_slot.get();
+    args.entry_slot = bins.entry_slots.data_ptr<int64_t>();
     args.pixel_weight = compute_stats ? ptr_or_null<float>(pixel_weights) : nullptr;
     parallel_for_dynamic(grid.num_tiles(), [&](int64_t tile) { forward_tile(args, tile); });
 
     const ForwardState st{means2D,          depths,          conic_opacity,   colors,  tiles_touched,
-                          bins.gaussian_offsets, bins.tile_ranges, bins.point_list, bins.slot_entries, final_T,
+                          bins.gaussian_offsets, bins.tile_ranges, bins.point_list, bins.entry_slots, final_T,
                           n_contrib};
     torch::Tensor out_alpha = (1.0f - final_T).unsqueeze(0);
     std::vector<torch::Tensor> result = {out_color, out_importance, radii, out_invdepth, out_alpha};
@@ -1302,8 +1296,8 @@ std::vector<torch::Tensor> rasterize_backward_cpu(
     // slot of e, so that pass 2 reads each Gaussian's entries contiguously.
     const int64_t num_entries = st.point_list.size(0);
     const int64_t* offsets = st.gaussian_offsets.data_ptr<int64_t>();
-    const int64_t* slots = st.slot_entries.data_ptr<int64_t>();
-    const ScratchArray<int64_t> entry_slot = entry_slots(slots, num_entries);
+    const int64_t* entry_slot = st.entry_slots.data_ptr<int64_t>();
+    check_entry_slots_permutation(entry_slot, num_entries);
     // (not zeroed: every tile writes all of its entries)
     const ScratchArray<dgr::SplatGrad> slot_grads(num_entries, "rasterize_backward_cpu: gradients", false);
     BackwardArgs args;
@@ -1323,7 +1317,7 @@ std::vector<torch::Tensor> rasterize_backward_cpu(
     args.dL_dalpha = dL_dalpha.data_ptr<float>();
     args.half_w = 0.5f * float(W);
     args.half_h = 0.5f * float(H);
-    args.entry_slot = entry_slot.get();
+    args.entry_slot = entry_slot;
     args.slot_grads = slot_grads.get();
     parallel_for_dynamic(grid.num_tiles(), [&](int64_t tile) { backward_tile(args, tile); });
 

@@ -243,7 +243,7 @@ def test_forward_matches_cpu_and_oracle(make_scene):
 @pytest.mark.parametrize("make_scene", list(all_scenes()))
 def test_forward_state_matches_cpu(make_scene):
     """The 16 outputs have the CPU's order, shapes and dtypes (the Python
-    autograd code is backend-agnostic), and the same values; slot_entries is
+    autograd code is backend-agnostic), and the same values; entry_slots is
     the one tensor the CUDA backend leaves empty."""
     scene = make_scene()
     ours = [t.to(CPU) for t in raw_forward(scene, DEV)]
@@ -251,10 +251,10 @@ def test_forward_state_matches_cpu(make_scene):
     assert len(ours) == len(cpu) == 20
     ours, cpu = ours[:16], cpu[:16]
     names = ["color", "importance_map", "radii", "invdepth", "alpha", "means2D", "depths", "conic_opacity", "colors", "tiles_touched",
-             "gaussian_offsets", "tile_ranges", "point_list", "slot_entries", "final_T", "n_contrib"]
+             "gaussian_offsets", "tile_ranges", "point_list", "entry_slots", "final_T", "n_contrib"]
     for name, a, b in zip(names, ours, cpu):
         assert a.dtype == b.dtype, f"{name}: dtype {a.dtype} vs CPU {b.dtype}"
-        if name == "slot_entries" and DEV.type == "cuda":
+        if name == "entry_slots" and DEV.type == "cuda":
             assert a.numel() == 0
             continue
         assert a.shape == b.shape, f"{name}: shape {tuple(a.shape)} vs CPU {tuple(b.shape)}"

@@ -144,7 +144,7 @@ F_TANX, F_TANY, F_H, F_W, F_SHS, F_DEG, F_CAMPOS, F_ANTIALIASING, F_STATS, F_PIX
 B_SHS, B_DEG, B_CAMPOS, STATE = 13, 14, 15, 16
 B_DL_DCOLOR, B_DL_DIMPORTANCE, B_DL_DINVDEPTH, B_DL_DALPHA = 18, 19, 20, 21
 # forward state (ForwardState): means2D, depths, conic_opacity, colors, tiles_touched, gaussian_offsets,
-# tile_ranges, point_list, slot_entries, final_T, n_contrib
+# tile_ranges, point_list, entry_slots, final_T, n_contrib
 S_TILES_TOUCHED, S_OFFSETS, S_RANGES, S_POINTS, S_SLOTS, S_FINAL_T, S_N_CONTRIB = range(4, 11)
 
 # .clone(): a fresh allocation (a view would keep the original's bytes behind it)
@@ -203,8 +203,8 @@ CASES = {
     "backward point_list names Gaussian P": _state(S_POINTS, lambda t, base: _with(t, 0, 40)),
     "backward tile_ranges decreasing": _state(S_RANGES, lambda t, base: _with(t, 1, int(t[-1]) + 1)),
     "backward gaussian_offsets shifted": _state(S_OFFSETS, lambda t, base: t + 1),
-    "backward slot_entries repeated": _state(S_SLOTS, lambda t, base: _with(t, 1, int(t[0]))),
-    "backward slot_entries out of range": _state(S_SLOTS, lambda t, base: _with(t, 0, t.numel())),
+    "backward entry_slots repeated": _state(S_SLOTS, lambda t, base: _with(t, 1, int(t[0]))),
+    "backward entry_slots out of range": _state(S_SLOTS, lambda t, base: _with(t, 0, t.numel())),
     "backward n_contrib negative": _state(S_N_CONTRIB, lambda t, base: _with(t, (0, 0), -1)),
 }
 
@@ -239,7 +239,7 @@ EXPECTED = {
                                        "got [3, 20, 36]",
     "backward n_contrib of another scene": "state.n_contrib: expected per pixel a count in [0, length of its tile's "
                                            "list]",
-    "backward point_list one short": "state.slot_entries: expected shape [59] (E = 59 from state.point_list), "
+    "backward point_list one short": "state.entry_slots: expected shape [59] (E = 59 from state.point_list), "
                                      "got [60]",
     "mark_visible means3D with 2 columns": "mark_visible_cpu: means3D: expected shape [P, 3], got [40, 2]",
     "mark_visible viewmatrix 3x3": "mark_visible_cpu: viewmatrix: expected 16 elements",
@@ -252,8 +252,8 @@ EXPECTED = {
     "backward point_list names Gaussian P": "state.point_list: expected Gaussian indices in [0, 40)",
     "backward tile_ranges decreasing": "state.tile_ranges: expected non-decreasing tile starts",
     "backward gaussian_offsets shifted": "state.gaussian_offsets: expected the exclusive prefix sum",
-    "backward slot_entries repeated": "state.slot_entries: expected a permutation",
-    "backward slot_entries out of range": "state.slot_entries: expected entry indices in [0, ",
+    "backward entry_slots repeated": "state.entry_slots: expected a permutation",
+    "backward entry_slots out of range": "state.entry_slots: expected slot indices in [0, ",
     "backward n_contrib negative": "state.n_contrib: expected per pixel a count in [0,",
 }
 

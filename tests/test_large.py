@@ -24,7 +24,7 @@ from reliability_support import identity_camera, recorded_kernel_calls, render_a
 
 # forward outputs: color, importance_map, radii, invdepth, alpha, then the
 # state (rasterize_points.h): means2D, depths, conic_opacity, colors,
-# tiles_touched, gaussian_offsets, tile_ranges, point_list, slot_entries, final_T, n_contrib
+# tiles_touched, gaussian_offsets, tile_ranges, point_list, entry_slots, final_T, n_contrib
 STATE = 5
 DEPTHS, TILES_TOUCHED, OFFSETS, RANGES, POINTS, SLOTS = (STATE + k for k in (1, 4, 5, 6, 7, 8))
 
@@ -45,13 +45,13 @@ def test_binning_counts_are_int64_and_consistent_when_every_gaussian_touches_eve
     touched, offsets, ranges = result[TILES_TOUCHED], result[OFFSETS], result[RANGES]
     points, slots, depths = result[POINTS], result[SLOTS], result[DEPTHS]
     assert (out.radii > 0).all() and (touched == tiles).all(), "every Gaussian must touch every tile"
-    for name, t in (("gaussian_offsets", offsets), ("tile_ranges", ranges), ("slot_entries", slots)):
+    for name, t in (("gaussian_offsets", offsets), ("tile_ranges", ranges), ("entry_slots", slots)):
         assert t.dtype == torch.int64, f"{name}: {t.dtype}"
     E = P * tiles
     assert offsets.tolist() == [0] + torch.cumsum(touched.long(), 0).tolist()
     assert ranges.tolist() == list(range(0, E + 1, P)), "each tile holds every Gaussian"
     assert points.numel() == slots.numel() == E
-    assert sorted(slots.tolist()) == list(range(E)), "slot_entries is a permutation of the entries"
+    assert sorted(slots.tolist()) == list(range(E)), "entry_slots is a permutation of the slots"
     for t in range(tiles):  # front to back within each tile
         d = depths[points[ranges[t]:ranges[t + 1]].long()]
         assert (d[1:] >= d[:-1]).all(), f"tile {t} is not sorted by depth"
