@@ -6,6 +6,7 @@
 // one thread each, per-Gaussian gradients are first written per (Gaussian,
 // tile) entry by the tile that owns it and then summed in a fixed order.
 
+#include <ATen/EmptyTensor.h>
 #include <ATen/Parallel.h>
 
 #include <algorithm>
@@ -24,6 +25,10 @@
 // Exclusive prefix sum of the per-Gaussian entry counts, in int64 (the
 // total exceeds 2^31 long before any single count does): the first slot of
 // each Gaussian, and the number of (Gaussian, tile) entries at the end.
+namespace {
+torch::Tensor pooled_empty(at::IntArrayRef sizes, torch::ScalarType dtype);  // below
+}
+
 torch::Tensor entry_offsets_cpu(const torch::Tensor& tiles_touched) {
     TORCH_CHECK(tiles_touched.defined() && tiles_touched.is_cpu() && tiles_touched.dim() == 1 &&
                     tiles_touched.scalar_type() == torch::kInt32 && tiles_touched.is_contiguous(),
@@ -32,7 +37,7 @@ torch::Tensor entry_offsets_cpu(const torch::Tensor& tiles_touched) {
                                         : std::string("an undefined tensor"));
     const int64_t P = tiles_touched.size(0);
     const int* touched = tiles_touched.data_ptr<int>();
-    torch::Tensor result = torch::empty({P + 1}, torch::kInt64);
+    torch::Tensor result = pooled_empty({P + 1}, torch::kInt64);
     int64_t* offsets = result.data_ptr<int64_t>();
     offsets[0] = 0;
     for (int64_t i = 0; i < P; ++i) offsets[i + 1] = offsets[i] + touched[i];
@@ -66,9 +71,9 @@ void parallel_for_chunks(int64_t n, int64_t chunk, const F& f) {
                          [&](int64_t c) { f(c * chunk, std::min(n, (c + 1) * chunk)); });
 }
 
-// Memory for the per-entry buffers (statistics, gradients, the entry->slot
-// map: tens to hundreds of MiB on large scenes) and the forward's internal
-// tensors (pooled_empty), kept between calls. Fresh
+// Memory for the per-entry buffers (statistics, gradients: tens to hundreds
+// of MiB on large scenes) and for every tensor the forward and backward
+// return (pooled_empty), kept between calls. Fresh
 // memory costs a page fault per 4 KiB on first touch, and glibc hands
 // buffers this large back to the kernel when they are freed, so every render
 // paid those faults again: ~30 ms of the dense scene's 150-180 ms statistics
@@ -132,7 +137,7 @@ public:
 
 private:
     static constexpr size_t kMaxCachedBytes = size_t(1) << 30;
-    static constexpr size_t kMaxBlocks = 32;  // a forward with statistics and its backward use ~13
+    static constexpr size_t kMaxBlocks = 64;  // a forward with statistics and its backward use ~45
     struct Block {
         void* ptr;
         size_t bytes;
@@ -180,20 +185,48 @@ private:
     size_t capacity_ = 0;
 };
 
-// An uninitialised tensor whose memory comes from the ScratchPool and goes
-// back to it when the tensor is freed: for the forward's internal arrays
-// (per Gaussian and per tile entry: the state the backward reads), which
-// every call rewrites whole.
+// Tensors whose memory comes from the ScratchPool and goes back to it when
+// the last reference to it goes: the forward's outputs and state and the
+// backward's gradients, which a training loop frees and asks for again every
+// iteration. Fresh pages would fault (a million Gaussians' gradients are
+// ~100 MiB: ~13,000 faults, ~5% of the backward). They are ordinary tensors
+// otherwise: the storage keeps this allocator, so resizing one takes a new
+// block from the pool. Each block starts with a header holding its capacity
+// (the deleter is handed the data pointer only).
+class PoolAllocator final : public c10::Allocator {
+public:
+    static PoolAllocator& instance() {
+        static PoolAllocator* allocator = new PoolAllocator;  // never destroyed, like the pool
+        return *allocator;
+    }
+    c10::DataPtr allocate(size_t n) override {
+        size_t capacity = 0;
+        char* base = static_cast<char*>(ScratchPool::instance().take(n + kHeader, capacity));
+        TORCH_CHECK(base != nullptr, "diff_gaussian_rasterization_ks (CPU): out of memory allocating ", n, " bytes");
+        std::memcpy(base, &capacity, sizeof(capacity));
+        void* data = base + kHeader;
+        return {data, data, &release, c10::Device(c10::DeviceType::CPU)};
+    }
+    c10::DeleterFnPtr raw_deleter() const override { return &release; }
+    void copy_data(void* dest, const void* src, std::size_t count) const override {
+        default_copy_data(dest, src, count);
+    }
+
+private:
+    static constexpr size_t kHeader = 64;  // (keeps the data 64-byte aligned)
+    static void release(void* data) {
+        if (data == nullptr) return;
+        char* base = static_cast<char*>(data) - kHeader;
+        size_t capacity;
+        std::memcpy(&capacity, base, sizeof(capacity));
+        ScratchPool::instance().give(base, capacity);
+    }
+};
+
+// An uninitialised CPU tensor from the PoolAllocator.
 torch::Tensor pooled_empty(at::IntArrayRef sizes, torch::ScalarType dtype) {
-    int64_t n = 1;
-    for (const int64_t size : sizes) n *= size;
-    const size_t bytes = std::max<size_t>(size_t(n) * c10::elementSize(dtype), 1);
-    size_t capacity = 0;
-    void* data = ScratchPool::instance().take(bytes, capacity);
-    TORCH_CHECK(data != nullptr, "rasterize_forward_cpu: out of memory for a tensor of shape ", sizes, " (", bytes,
-                " bytes)");
-    return torch::from_blob(
-        data, sizes, [capacity](void* p) { ScratchPool::instance().give(p, capacity); }, torch::dtype(dtype));
+    return at::detail::empty_generic(sizes, &PoolAllocator::instance(), c10::DispatchKeySet(c10::DispatchKey::CPU),
+                                     dtype, std::nullopt);
 }
 
 dgr::Camera make_camera(const torch::Tensor& viewmatrix, const torch::Tensor& projmatrix, const torch::Tensor& campos,
@@ -359,7 +392,7 @@ Binning bin_gaussians(const torch::Tensor& depths, const torch::Tensor& tile_rec
                 for_each_tile(i, [&](int64_t t) { ++count[t]; });
         }
     });
-    b.tile_ranges = torch::empty({num_tiles + 1}, torch::kInt64);
+    b.tile_ranges = pooled_empty({num_tiles + 1}, torch::kInt64);
     int64_t* ranges = b.tile_ranges.data_ptr<int64_t>();
     int64_t total = 0;
     for (int64_t t = 0; t < num_tiles; ++t) {
@@ -621,6 +654,11 @@ struct BlockLanes {
 // any x86-64 lowers to exact SSE/AVX operations in the same order), as GCC
 // left the scalar form unvectorised (~45 scalar operations per entry in the
 // forward's statistics flush).
+#if defined(__GNUC__) && !defined(__clang__)
+// (GCC notes that a vector returned by value changes the ABI without AVX:
+// these calls are all inlined, so no ABI is involved)
+#pragma GCC diagnostic ignored "-Wpsabi"
+#endif
 template <int N, typename T, typename Op>
 DGR_INLINE T lane_tree(const T* v, Op op) {
     if constexpr (N == 1) {
@@ -1174,12 +1212,10 @@ std::vector<torch::Tensor> rasterize_forward_cpu(
                         antialiasing);
     const TileGrid grid = make_grid(H, W);
 
-    auto f32 = torch::TensorOptions().dtype(torch::kFloat32);
-    auto i32 = torch::TensorOptions().dtype(torch::kInt32);
-    // Not zeroed here: the preprocess loop writes every entry (zeros for the
-    // culled Gaussians), in parallel.
-    torch::Tensor radii = torch::empty({P}, i32);
-    // (the internal ones from the ScratchPool: fresh pages would fault)
+    // Every tensor the forward makes comes from the PoolAllocator. Not
+    // zeroed here: the preprocess loop writes every radius (0 for the culled
+    // Gaussians), in parallel.
+    torch::Tensor radii = pooled_empty({P}, torch::kInt32);
     torch::Tensor means2D = pooled_empty({P, 2}, torch::kFloat32);
     torch::Tensor depths = pooled_empty({P}, torch::kFloat32);
     torch::Tensor conic_opacity = pooled_empty({P, 4}, torch::kFloat32);
@@ -1197,11 +1233,11 @@ std::vector<torch::Tensor> rasterize_forward_cpu(
 
     Binning bins = bin_gaussians(depths, tile_rects, tiles_touched, grid);
 
-    torch::Tensor out_color = torch::empty({3, H, W}, f32);
-    torch::Tensor out_importance = torch::empty({H, W}, f32);
-    torch::Tensor out_invdepth = torch::empty({1, H, W}, f32);
-    torch::Tensor final_T = torch::empty({H, W}, f32);
-    torch::Tensor n_contrib = torch::empty({H, W}, i32);
+    torch::Tensor out_color = pooled_empty({3, H, W}, torch::kFloat32);
+    torch::Tensor out_importance = pooled_empty({H, W}, torch::kFloat32);
+    torch::Tensor out_invdepth = pooled_empty({1, H, W}, torch::kFloat32);
+    torch::Tensor final_T = pooled_empty({H, W}, torch::kFloat32);
+    torch::Tensor n_contrib = pooled_empty({H, W}, torch::kInt32);
     float* color_px = out_color.data_ptr<float>();
     float* importance_px = out_importance.data_ptr<float>();
     float* invdepth_px = out_invdepth.data_ptr<float>();
@@ -1245,10 +1281,10 @@ std::vector<torch::Tensor> rasterize_forward_cpu(
 
     // Per-Gaussian statistics: its entries in slot order (deterministic).
     const int64_t stats_P = compute_stats ? P : 0;
-    // (written whole below. Not from the pool: the caller gets these, and a
-    // pooled tensor's storage cannot be resized.)
-    torch::Tensor accum_weight = torch::empty({stats_P}, f32), max_weight = torch::empty({stats_P}, f32);
-    torch::Tensor hit_count = torch::empty({stats_P}, i32), top_count = torch::empty({stats_P}, i32);
+    // (written whole below)
+    torch::Tensor accum_weight = pooled_empty({stats_P}, torch::kFloat32);
+    torch::Tensor max_weight = pooled_empty({stats_P}, torch::kFloat32);
+    torch::Tensor hit_count = pooled_empty({stats_P}, torch::kInt32), top_count = pooled_empty({stats_P}, torch::kInt32);
     if (compute_stats) {
         const int64_t* offsets = bins.gaussian_offsets.data_ptr<int64_t>();
         float* accum = accum_weight.data_ptr<float>();
@@ -1323,19 +1359,18 @@ std::vector<torch::Tensor> rasterize_backward_cpu(
 
     // Pass 2, per Gaussian: sum its entries in slot order (deterministic for
     // any thread count) and chain back through the preprocess.
-    auto f32 = torch::TensorOptions().dtype(torch::kFloat32);
     // Not zeroed here: the loop below writes every row, in parallel (zeros
     // for culled Gaussians and for the inputs that were not given).
     const int64_t sh_rows = std::max<int64_t>(in.sh_coeffs, 1);
-    torch::Tensor g_means3D = torch::empty({P, 3}, f32);
-    torch::Tensor g_means2D = torch::empty({P, 3}, f32);
-    torch::Tensor g_opacities = torch::empty({P}, f32);
-    torch::Tensor g_importances = torch::empty({P}, f32);
-    torch::Tensor g_colors = torch::empty({P, 3}, f32);
-    torch::Tensor g_shs = torch::empty({P, sh_rows, 3}, f32);
-    torch::Tensor g_cov3D = torch::empty({P, 6}, f32);
-    torch::Tensor g_scales = torch::empty({P, 3}, f32);
-    torch::Tensor g_rotations = torch::empty({P, 4}, f32);
+    torch::Tensor g_means3D = pooled_empty({P, 3}, torch::kFloat32);
+    torch::Tensor g_means2D = pooled_empty({P, 3}, torch::kFloat32);
+    torch::Tensor g_opacities = pooled_empty({P}, torch::kFloat32);
+    torch::Tensor g_importances = pooled_empty({P}, torch::kFloat32);
+    torch::Tensor g_colors = pooled_empty({P, 3}, torch::kFloat32);
+    torch::Tensor g_shs = pooled_empty({P, sh_rows, 3}, torch::kFloat32);
+    torch::Tensor g_cov3D = pooled_empty({P, 6}, torch::kFloat32);
+    torch::Tensor g_scales = pooled_empty({P, 3}, torch::kFloat32);
+    torch::Tensor g_rotations = pooled_empty({P, 4}, torch::kFloat32);
     const dgr::GaussianGrads out{g_means3D.data_ptr<float>(),     g_means2D.data_ptr<float>(),
                                  g_opacities.data_ptr<float>(),   g_importances.data_ptr<float>(),
                                  g_colors.data_ptr<float>(),      g_shs.data_ptr<float>(),

@@ -35,9 +35,10 @@ def kernels_for(device: torch.device) -> Optional[Kernels]:
 def empty_cpu_cache() -> None:
     """Frees the scratch memory the CPU backend keeps between calls.
 
-    The CPU backend keeps the freed per-(Gaussian, tile) buffers of a render
-    (statistics, gradients: at most 1 GiB in all) for the next call, which
-    saves the page faults of fresh memory (up to a fifth of a large render).
+    The CPU backend keeps the memory of its freed scratch buffers and
+    returned tensors (maps, forward state, gradients: at most 1 GiB in all)
+    for the next call, which saves the page faults of fresh memory (up to a
+    fifth of a large render).
     Call this to hand that memory back, e.g. after rendering a huge scene once.
     """
     if _C is not None:

@@ -143,8 +143,9 @@ def test_antialiasing_gradient_against_float64_finite_differences(name):
 
 def test_returned_tensors_are_ordinary_resizable_tensors():
     """Every tensor the caller gets (maps, radii, n_contrib, statistics,
-    gradients) owns resizable storage: the CPU backend's memory pool (whose
-    tensors cannot be resized) is only for its internal state."""
+    gradients) is an ordinary tensor: on the CPU its memory comes from the
+    backend's pool, through an allocator that the storage keeps, so it can be
+    resized like any other (its values kept, the new tail writable)."""
     scene = random_scene(120, 24, 32, seed=41)
     x = requires_grad_(scene.inputs)
     out = GaussianRasterizer(scene.settings).render(**x, stats=True)
@@ -152,4 +153,7 @@ def test_returned_tensors_are_ordinary_resizable_tensors():
     returned = [out.color, out.importance_map, out.radii, out.invdepth, out.alpha, out.n_contrib, *out.stats]
     returned += [v.grad for v in x.values() if isinstance(v, torch.Tensor) and v.grad is not None]
     for t in returned:
-        t.detach().resize_(t.numel() + 7)  # raises for a pooled (from_blob) storage
+        before = t.detach().clone().flatten()
+        grown = t.detach().resize_(t.numel() + 4096)  # (raises for a from_blob storage)
+        grown[-4096:] = 1
+        assert torch.equal(grown[: before.numel()], before) and bool((grown[-4096:] == 1).all())
