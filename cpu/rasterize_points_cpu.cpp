@@ -22,13 +22,13 @@
 #include "../rasterize_checks.h"
 #include "../rasterize_points.h"
 
-// Exclusive prefix sum of the per-Gaussian entry counts, in int64 (the
-// total exceeds 2^31 long before any single count does): the first slot of
-// each Gaussian, and the number of (Gaussian, tile) entries at the end.
 namespace {
 torch::Tensor pooled_empty(at::IntArrayRef sizes, torch::ScalarType dtype);  // below
 }
 
+// Exclusive prefix sum of the per-Gaussian entry counts, in int64 (the
+// total exceeds 2^31 long before any single count does): the first slot of
+// each Gaussian, and the number of (Gaussian, tile) entries at the end.
 torch::Tensor entry_offsets_cpu(const torch::Tensor& tiles_touched) {
     TORCH_CHECK(tiles_touched.defined() && tiles_touched.is_cpu() && tiles_touched.dim() == 1 &&
                     tiles_touched.scalar_type() == torch::kInt32 && tiles_touched.is_contiguous(),
@@ -273,74 +273,33 @@ struct Binning {
 // a stable LSD radix sort on the bits of the depth (positive floats order
 // like their bit patterns; the preprocess culls z <= 0.2 and NaN).
 ScratchArray<int32_t> depth_order(const float* depth, const int* touched, int64_t P, int64_t& V) {
-    // Sorted as (depth bits << 32 | index), one array moved per pass. Each
-    // step splits its range into chunks that count, then write from their
-    // own cursors in parallel; within a bucket, chunk c's items go before
-    // chunk c + 1's, so the order does not depend on the number of chunks.
-    const int64_t chunks = std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), P / 16384));
-    auto chunk_begin = [&](int64_t n, int64_t c) { return n * c / chunks; };
-    std::vector<int64_t> start(size_t(chunks + 1), 0);
-    at::parallel_for(0, chunks, 1, [&](int64_t c0, int64_t c1) {
-        for (int64_t c = c0; c < c1; ++c) {
-            int64_t k = 0;
-            for (int64_t i = chunk_begin(P, c); i < chunk_begin(P, c + 1); ++i) k += touched[i] > 0;
-            start[size_t(c + 1)] = k;
-        }
-    });
-    for (int64_t c = 0; c < chunks; ++c) start[size_t(c + 1)] += start[size_t(c)];
-    const int64_t n = V = start[size_t(chunks)];
-    ScratchArray<uint64_t> items(n, "bin_gaussians: depth order", false), other(n, "bin_gaussians: depth order", false);
+    // Sorted as (depth bits << 32 | index): one array moved per pass. (Serial:
+    // a version in parallel chunks measured no faster on 2 cores.)
+    ScratchArray<uint64_t> items(P, "bin_gaussians: depth order", false), other(P, "bin_gaussians: depth order", false);
     uint64_t* a = items.get();
     uint64_t* b = other.get();
-    at::parallel_for(0, chunks, 1, [&](int64_t c0, int64_t c1) {
-        for (int64_t c = c0; c < c1; ++c) {
-            int64_t k = start[size_t(c)];
-            const int64_t last = start[size_t(c + 1)];
-            uint64_t spare;  // where the culled ones after the chunk's last visible one go
-            for (int64_t i = chunk_begin(P, c); i < chunk_begin(P, c + 1); ++i) {
-                uint32_t key;
-                std::memcpy(&key, &depth[i], sizeof(key));
-                // written always and kept if visible: a branch here mispredicts
-                // (~30% of a real scene's Gaussians are visible, in no order)
-                *(k < last ? a + k : &spare) = uint64_t(key) << 32 | uint64_t(i);
-                k += touched[i] > 0;
-            }
-        }
-    });
+    int64_t n = 0;
+    for (int64_t i = 0; i < P; ++i) {
+        uint32_t key;
+        std::memcpy(&key, &depth[i], sizeof(key));
+        // written always and kept if visible (n <= i: in bounds): a branch here
+        // mispredicts, ~30% of a real scene's Gaussians being visible in no order
+        a[n] = uint64_t(key) << 32 | uint64_t(i);
+        n += touched[i] > 0;
+    }
+    V = n;
     constexpr int BITS = 11, BUCKETS = 1 << BITS;
-    std::vector<int64_t> cursor(size_t(chunks * BUCKETS));
     for (int shift = 32; shift < 64; shift += BITS) {
         auto digit = [shift](uint64_t item) { return int64_t((item >> shift) & (BUCKETS - 1)); };
-        at::parallel_for(0, chunks, 1, [&](int64_t c0, int64_t c1) {
-            for (int64_t c = c0; c < c1; ++c) {
-                int64_t* count = cursor.data() + c * BUCKETS;
-                std::fill_n(count, BUCKETS, 0);
-                for (int64_t i = chunk_begin(n, c); i < chunk_begin(n, c + 1); ++i) ++count[digit(a[i])];
-            }
-        });
-        if (n == 0) break;
-        int64_t in_first_bucket = 0;  // of a[0]'s: if all are, this pass moves nothing
-        for (int64_t c = 0; c < chunks; ++c) in_first_bucket += cursor[size_t(c * BUCKETS + digit(a[0]))];
-        if (in_first_bucket == n) continue;
-        int64_t total = 0;
-        for (int64_t d = 0; d < BUCKETS; ++d)
-            for (int64_t c = 0; c < chunks; ++c) {
-                const int64_t k = cursor[size_t(c * BUCKETS + d)];
-                cursor[size_t(c * BUCKETS + d)] = total;
-                total += k;
-            }
-        at::parallel_for(0, chunks, 1, [&](int64_t c0, int64_t c1) {
-            for (int64_t c = c0; c < c1; ++c) {
-                int64_t* next = cursor.data() + c * BUCKETS;
-                for (int64_t i = chunk_begin(n, c); i < chunk_begin(n, c + 1); ++i) b[next[digit(a[i])]++] = a[i];
-            }
-        });
+        int64_t start[BUCKETS + 1] = {};
+        for (int64_t i = 0; i < n; ++i) ++start[digit(a[i]) + 1];
+        if (n == 0 || start[digit(a[0]) + 1] == n) continue;  // one bucket: this pass moves nothing
+        for (int d = 0; d < BUCKETS; ++d) start[d + 1] += start[d];
+        for (int64_t i = 0; i < n; ++i) b[start[digit(a[i])]++] = a[i];
         std::swap(a, b);
     }
     ScratchArray<int32_t> order(n, "bin_gaussians: depth order", false);
-    at::parallel_for(0, n, 16384, [&](int64_t i0, int64_t i1) {
-        for (int64_t i = i0; i < i1; ++i) order[i] = int32_t(uint32_t(a[i]));
-    });
+    for (int64_t i = 0; i < n; ++i) order[i] = int32_t(uint32_t(a[i]));
     return order;
 }
 
@@ -718,8 +677,9 @@ void check_entry_slots_permutation(const int64_t* entry_slots, int64_t num_entri
 // runs dgr::project_geometry (project_gaussian without attributes_finite)
 // vectorised across the block into structure-of-arrays scratch: scalar, its
 // cull tests mispredict on real scenes, and its divisions and square roots
-// are latency bound. The block's radii and tile counts are then zeroed, and
-// pass 2, scalar, writes the survivors only, after attributes_finite and
+// are latency bound. (The block's radii and tile counts are zeroed first; a
+// block wholly behind the near plane stops there.) Pass 2, scalar, writes
+// the survivors only, after attributes_finite and
 // with their colours. The results are preprocess_gaussian's bit for bit
 // (the same function; -ffp-contract=off). The scalar path runs instead given
 // cov3D_precomp (a stride-6 load GCC does not vectorise) or `scalar` (with
@@ -810,15 +770,12 @@ DGR_MULTIVERSION void preprocess_range(const dgr::GaussianInputs& in, const dgr:
     for (int64_t b = begin; b < end; b += PREPROCESS_BLOCK) {
         const int n = int(std::min<int64_t>(PREPROCESS_BLOCK, end - b));
         const int first = int(b);
-        if (!any_in_front(in, cam, first, n)) {
-            zero(first, n);
-            continue;
-        }
+        zero(first, n);
+        if (!any_in_front(in, cam, first, n)) continue;
         if (in.antialiasing)
             project_block<true>(in, cam, grid, first, n, blk);
         else
             project_block<false>(in, cam, grid, first, n, blk);
-        zero(first, n);
         for (int j = 0; j < n; ++j) {
             const int i = first + j;
             if (!blk.candidate[j] || !dgr::attributes_finite(in, i)) continue;

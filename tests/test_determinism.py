@@ -53,11 +53,11 @@ def test_every_output_and_gradient_bit_identical_across_thread_counts():
 
 
 def test_large_scene_bit_identical_across_thread_counts():
-    """Enough Gaussians that the depth sort and the binning split their work
-    into chunks (one per thread, at least 16,384 Gaussians each), with exact
-    depth ties across the chunks (copies of Gaussians with other colours):
-    the order, hence every output and statistic, is the same for any number
-    of chunks."""
+    """Enough visible Gaussians that the binning splits its work into a
+    number of chunks that grows with the threads (at least 4,096 Gaussians
+    each), with exact depth ties across the chunks (copies of Gaussians with
+    other colours): the order, hence every output and statistic, is the same
+    for any number of chunks."""
     scene = random_scene(40000, 48, 64, seed=24, scale_range=(0.01, 0.05))
     x = dict(scene.inputs)
     half = 20000  # Gaussian i + 20000 copies the position of Gaussian i: the two lie in different chunks
