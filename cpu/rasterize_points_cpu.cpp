@@ -413,9 +413,10 @@ constexpr int NF = dgr::NUM_FEATURES;
 constexpr int GRAD_FLOATS = dgr::SPLAT_GRAD_FLOATS;
 constexpr int GRAD_LANES = 8;  // partial sums per gradient field and splat in the backward
 static_assert(LANES == 4 * GRAD_LANES, "backward_step folds the lanes in two halvings");
-// partial sums per statistic and splat in the forward: half the lanes, so
-// that the fold adds two 16-lane halves (one AVX-512 register each)
-constexpr int STAT_LANES = LANES / 2;
+// partial sums per statistic and splat in the forward: a quarter of the
+// lanes (one AVX2 register), which halves the memory each splat's partial
+// sums take against half the lanes (measured: statistics cost 20% -> ?)
+constexpr int STAT_LANES = LANES / 4;
 
 // The functions that hold the vectorised loops are compiled for AVX-512,
 // AVX2 and baseline x86-64, and the loader picks the best the CPU has (GCC's
@@ -449,6 +450,11 @@ struct PixelRect {
 struct TileSplats {
     enum Field { MX, MY, CA, CB, CC, OPACITY, FEATURE0, NUM_FIELDS = FEATURE0 + NF };
     int64_t capacity = 0;
+    // floats from one field to the next: capacity (a power of two, as it
+    // doubles) plus one cache line, so that a splat's fields fall in
+    // different sets of the L1 cache (all in one set, the loads of a step
+    // evicted each other: ~8 ways for 11 fields)
+    int64_t stride = 0;
     int64_t count = 0;
     std::vector<float> data;
     std::vector<float> raw;  // load_tile's scratch: the geometry of every entry, before culling
@@ -467,8 +473,9 @@ struct TileSplats {
         if (n <= capacity) return;
         capacity = std::max<int64_t>(n, 2 * capacity);
         capacity = (capacity + 15) / 16 * 16;
-        data.assign(size_t(NUM_FIELDS * capacity), 0.f);
-        raw.assign(size_t(FEATURE0 * capacity), 0.f);
+        stride = capacity + 16;
+        data.assign(size_t(NUM_FIELDS * stride), 0.f);
+        raw.assign(size_t(FEATURE0 * stride), 0.f);
         position.assign(size_t(capacity), 0);
         flags.assign(size_t(capacity), 0);
         list.assign(size_t(capacity), 0);
@@ -478,16 +485,16 @@ struct TileSplats {
         hit_lanes.assign(size_t(capacity * STAT_LANES), 0);
         top_count.assign(size_t(capacity), 0);
     }
-    float* field(int f) { return data.data() + f * capacity; }
-    float* raw_field(int f) { return raw.data() + f * capacity; }
-    const float* field(int f) const { return data.data() + f * capacity; }
+    float* field(int f) { return data.data() + f * stride; }
+    float* raw_field(int f) { return raw.data() + f * stride; }
+    const float* field(int f) const { return data.data() + f * stride; }
 
     DGR_INLINE dgr::Splat splat(int64_t j) const { return splat_from(data.data(), j); }
     DGR_INLINE dgr::Splat splat_from(const float* fields, int64_t j) const {
         dgr::Splat s;
-        s.mean = glm::vec2(fields[MX * capacity + j], fields[MY * capacity + j]);
-        s.conic_opacity = glm::vec4(fields[CA * capacity + j], fields[CB * capacity + j], fields[CC * capacity + j],
-                                    fields[OPACITY * capacity + j]);
+        s.mean = glm::vec2(fields[MX * stride + j], fields[MY * stride + j]);
+        s.conic_opacity = glm::vec4(fields[CA * stride + j], fields[CB * stride + j], fields[CC * stride + j],
+                                    fields[OPACITY * stride + j]);
         return s;
     }
     DGR_INLINE dgr::SplatFeatures features(int64_t j) const {
@@ -526,11 +533,42 @@ DGR_INLINE int64_t flagged(const int32_t* flags, int64_t n, int32_t* out) {
     return count;
 }
 
+// Everything the tile loops read of one splat (load_splat's values, in
+// TileSplats' field order), in one cache line: the tiles gather their
+// splats in depth order, i.e. at random Gaussians, and five separate arrays
+// cost five cache misses per entry (most of load_tile's time, measured with
+// cycle counters: ~60 cycles per kept entry on garden).
+struct alignas(64) SplatRecord {
+    float field[TileSplats::NUM_FIELDS];
+};
+static_assert(sizeof(SplatRecord) == 64, "one cache line per splat");
+
+DGR_INLINE void pack_splat(const dgr::SplatSource& src, int64_t g, SplatRecord& r) {
+    dgr::Splat s;
+    dgr::SplatFeatures feat;
+    dgr::load_splat(src, g, s, feat);
+    r.field[TileSplats::MX] = s.mean.x;
+    r.field[TileSplats::MY] = s.mean.y;
+    r.field[TileSplats::CA] = s.conic_opacity.x;
+    r.field[TileSplats::CB] = s.conic_opacity.y;
+    r.field[TileSplats::CC] = s.conic_opacity.z;
+    r.field[TileSplats::OPACITY] = s.conic_opacity.w;
+    for (int k = 0; k < NF; ++k) r.field[TileSplats::FEATURE0 + k] = feat.v[k];
+}
+
+// The records of the Gaussians of [begin, end) that touch a tile (the
+// others are never read).
+void pack_splats(const dgr::SplatSource& src, const int* tiles_touched, int64_t begin, int64_t end,
+                 SplatRecord* records) {
+    for (int64_t g = begin; g < end; ++g)
+        if (tiles_touched[g] > 0) pack_splat(src, g, records[g]);
+}
+
 // Loads the splats of tile-list entries [begin, end) that may be blended in
 // the tile's pixels (all of them when culling is off): first the splat
 // geometry of every entry into the `raw` fields, then, for the kept ones,
-// the whole splat (load_splat) into the compact arrays.
-DGR_INLINE void load_tile(TileSplats& ts, const dgr::SplatSource& src, const int32_t* points, int64_t begin,
+// the whole record into the compact arrays.
+DGR_INLINE void load_tile(TileSplats& ts, const SplatRecord* records, const int32_t* points, int64_t begin,
                           int64_t end, const PixelRect& rect, bool cull) {
     const int64_t n = end - begin;
     ts.reserve(n);
@@ -541,13 +579,8 @@ DGR_INLINE void load_tile(TileSplats& ts, const dgr::SplatSource& src, const int
         float* raw[TileSplats::FEATURE0];
         for (int k = 0; k < TileSplats::FEATURE0; ++k) raw[k] = ts.raw_field(k);
         for (int64_t j = 0; j < n; ++j) {
-            const int64_t g = points[begin + j];
-            raw[TileSplats::MX][j] = src.means2D[2 * g];
-            raw[TileSplats::MY][j] = src.means2D[2 * g + 1];
-            raw[TileSplats::CA][j] = src.conic_opacity[4 * g];
-            raw[TileSplats::CB][j] = src.conic_opacity[4 * g + 1];
-            raw[TileSplats::CC][j] = src.conic_opacity[4 * g + 2];
-            raw[TileSplats::OPACITY][j] = src.conic_opacity[4 * g + 3];
+            const SplatRecord& r = records[points[begin + j]];
+            for (int k = 0; k < TileSplats::FEATURE0; ++k) raw[k][j] = r.field[k];
         }
         flag_splats_in_rect(ts, ts.raw.data(), n, rect, true);
         m = flagged(ts.flags.data(), n, ts.position.data());
@@ -556,16 +589,8 @@ DGR_INLINE void load_tile(TileSplats& ts, const dgr::SplatSource& src, const int
     }
     const int32_t* position = ts.position.data();
     for (int64_t i = 0; i < m; ++i) {
-        dgr::Splat s;
-        dgr::SplatFeatures feat;
-        dgr::load_splat(src, points[begin + position[i]], s, feat);
-        f[TileSplats::MX][i] = s.mean.x;
-        f[TileSplats::MY][i] = s.mean.y;
-        f[TileSplats::CA][i] = s.conic_opacity.x;
-        f[TileSplats::CB][i] = s.conic_opacity.y;
-        f[TileSplats::CC][i] = s.conic_opacity.z;
-        f[TileSplats::OPACITY][i] = s.conic_opacity.w;
-        for (int k = 0; k < NF; ++k) f[TileSplats::FEATURE0 + k][i] = feat.v[k];
+        const SplatRecord& r = records[points[begin + position[i]]];
+        for (int k = 0; k < TileSplats::NUM_FIELDS; ++k) f[k][i] = r.field[k];
     }
     ts.count = m;
 }
@@ -750,9 +775,12 @@ DGR_INLINE bool any_in_front(const dgr::GaussianInputs& in, const dgr::Camera& c
     return any != 0;
 }
 
+// The preprocess of Gaussians [begin, end), and the SplatRecord of each
+// one that touches a tile (src: the tile loops' view of proj's arrays), while
+// its fields are still in cache.
 DGR_MULTIVERSION void preprocess_range(const dgr::GaussianInputs& in, const dgr::Camera& cam, const TileGrid& grid,
-                                       const dgr::ProjectedGaussians& proj, int64_t begin, int64_t end,
-                                       bool scalar) {
+                                       const dgr::ProjectedGaussians& proj, const dgr::SplatSource& src,
+                                       SplatRecord* records, int64_t begin, int64_t end, bool scalar) {
     // What a culled Gaussian [i, i + count) gets: radius 0, no tiles. (Its
     // other fields are never read: everything downstream goes by
     // tiles_touched. Zeroing them was 56 B per Gaussian, ~2 ms on a million.)
@@ -764,6 +792,7 @@ DGR_MULTIVERSION void preprocess_range(const dgr::GaussianInputs& in, const dgr:
         for (int64_t i = begin; i < end; ++i) {
             dgr::preprocess_gaussian(int(i), in, cam, grid.grid_x, grid.grid_y, proj);
         }
+        pack_splats(src, proj.tiles_touched, begin, end, records);
         return;
     }
     ProjectedBlock blk;
@@ -788,13 +817,14 @@ DGR_MULTIVERSION void preprocess_range(const dgr::GaussianInputs& in, const dgr:
             g.rect = dgr::TileRect{blk.rect[0][j], blk.rect[1][j], blk.rect[2][j], blk.rect[3][j]};
             dgr::store_projection(i, in, cam, g, proj);
         }
+        pack_splats(src, proj.tiles_touched, first, first + n, records);
     }
 }
 
 // What both passes' tile loops read: the frame, the splats and their tile lists.
 struct TileArgs {
     Frame frame;
-    dgr::SplatSource src;
+    const SplatRecord* records;  // [P]: of the Gaussians that touch a tile
     const int64_t* ranges;
     const int32_t* points;
     const float* bg;
@@ -874,26 +904,29 @@ DGR_INLINE bool forward_step(const ForwardLanes& in, ForwardLanes& out, TileSpla
     }
     if (kStats) {
         // the pixels' statistics, folded to STAT_LANES partial sums of the
-        // splat in a fixed order: lanes l and l + STAT_LANES, then the sum
+        // splat in a fixed order, the halvings of lane_tree: lanes l and
+        // l + 2 STAT_LANES, then l and l + STAT_LANES; then the sum so far
         float* accum = ts.accum_lanes.data() + int64_t(j) * STAT_LANES;
         float* maxw = ts.max_lanes.data() + int64_t(j) * STAT_LANES;
         int32_t* hits = ts.hit_lanes.data() + int64_t(j) * STAT_LANES;
         constexpr int Q = STAT_LANES;
 #pragma omp simd  // hot: must vectorise (tests/test_cpu_vectorised.py)
         for (int l = 0; l < Q; ++l) {
-            dgr::SplatStats half[2];
-            for (int q = 0; q < 2; ++q) {
+            dgr::SplatStats part[4];
+            for (int q = 0; q < 4; ++q) {
                 const float w = sl.weight[l + q * Q];
                 const dgr::SplatStats p = dgr::pixel_stats(w, sl.pixel_weight[l + q * Q]);
                 const bool blended = w > 0.f;
-                half[q].accum_weight = blended ? p.accum_weight : 0.f;  // (pw * 0 may be NaN for a non-finite pixel weight)
-                half[q].max_weight = p.max_weight;  // 0 where not blended: leaves max_weight >= 0 as is
-                half[q].hit_count = blended ? p.hit_count : 0;
-                half[q].top_count = 0;
+                part[q].accum_weight = blended ? p.accum_weight : 0.f;  // (pw * 0 may be NaN for a non-finite pixel weight)
+                part[q].max_weight = p.max_weight;  // 0 where not blended: leaves max_weight >= 0 as is
+                part[q].hit_count = blended ? p.hit_count : 0;
+                part[q].top_count = 0;
             }
-            dgr::merge_stats(half[0], half[1]);
+            dgr::merge_stats(part[0], part[2]);
+            dgr::merge_stats(part[1], part[3]);
+            dgr::merge_stats(part[0], part[1]);
             dgr::SplatStats fold{accum[l], maxw[l], hits[l], 0};
-            dgr::merge_stats(fold, half[0]);
+            dgr::merge_stats(fold, part[0]);
             accum[l] = fold.accum_weight;
             maxw[l] = fold.max_weight;
             hits[l] = fold.hit_count;
@@ -948,7 +981,7 @@ DGR_MULTIVERSION void forward_tile(const ForwardArgs& a, int64_t tile) {
     TileSplats& ts = thread_scratch();
     const PixelRect rect = a.frame.tile_rect(tile);
     const int64_t begin = a.ranges[tile], end = a.ranges[tile + 1];
-    load_tile(ts, a.src, a.points, begin, end, rect, a.cull);
+    load_tile(ts, a.records, a.points, begin, end, rect, a.cull);
     const bool stats = a.slot_stats != nullptr;
     const int64_t m = ts.count;
     if (stats) {  // (fill_n: the buffers may still be empty; measured faster than zeroing as the flush reads)
@@ -1102,7 +1135,7 @@ DGR_MULTIVERSION void backward_tile(const BackwardArgs& a, int64_t tile) {
     TileSplats& ts = thread_scratch();
     const PixelRect rect = a.frame.tile_rect(tile);
     const int64_t begin = a.ranges[tile], end = a.ranges[tile + 1];
-    load_tile(ts, a.src, a.points, begin, end, rect, a.cull);
+    load_tile(ts, a.records, a.points, begin, end, rect, a.cull);
     const int64_t m = ts.count;
     std::fill_n(ts.grad_lanes.data(), m * GRAD_FLOATS * GRAD_LANES, 0.f);  // (fill_n: the buffer may still be empty)
     for (int blk = 0; blk < BLOCKS_X * BLOCKS_Y; ++blk) {
@@ -1183,9 +1216,12 @@ std::vector<torch::Tensor> rasterize_forward_cpu(
                                  depths.data_ptr<float>(),        conic_opacity.data_ptr<float>(),
                                  colors.data_ptr<float>(),        tile_rects.data_ptr<int>(),
                                  tiles_touched.data_ptr<int>()};
+    const dgr::SplatSource src{means2D.data_ptr<float>(), conic_opacity.data_ptr<float>(), colors.data_ptr<float>(),
+                               importances.data_ptr<float>(), depths.data_ptr<float>()};
+    const ScratchArray<SplatRecord> records(P, "rasterize_forward_cpu: splat records", false);
     const bool scalar_preprocess = !culling_enabled();
     parallel_for_chunks(P, 4096, [&](int64_t begin, int64_t end) {
-        preprocess_range(in, cam, grid, proj, begin, end, scalar_preprocess);
+        preprocess_range(in, cam, grid, proj, src, records.get(), begin, end, scalar_preprocess);
     });
 
     Binning bins = bin_gaussians(depths, tile_rects, tiles_touched, grid);
@@ -1203,8 +1239,6 @@ std::vector<torch::Tensor> rasterize_forward_cpu(
     const float* bg = background.data_ptr<float>();
     const int64_t* ranges = bins.tile_ranges.data_ptr<int64_t>();
     const int32_t* points = bins.point_list.data_ptr<int32_t>();
-    const dgr::SplatSource src{means2D.data_ptr<float>(), conic_opacity.data_ptr<float>(), colors.data_ptr<float>(),
-                               importances.data_ptr<float>(), depths.data_ptr<float>()};
 
     // Statistics go per (Gaussian, tile) entry, owned by one tile: race free.
     const int64_t num_entries = bins.point_list.size(0);
@@ -1214,7 +1248,7 @@ std::vector<torch::Tensor> rasterize_forward_cpu(
 
     ForwardArgs args;
     args.frame = Frame{H, W, grid};
-    args.src = src;
+    args.records = records.get();
     args.ranges = ranges;
     args.points = points;
     args.bg = bg;
@@ -1295,9 +1329,16 @@ std::vector<torch::Tensor> rasterize_backward_cpu(
     const ScratchArray<dgr::SplatGrad> slot_grads(num_entries, "rasterize_backward_cpu: gradients", false);
     BackwardArgs args;
     args.frame = Frame{H, W, grid};
-    args.src = dgr::SplatSource{st.means2D.data_ptr<float>(), st.conic_opacity.data_ptr<float>(),
-                                st.colors.data_ptr<float>(), importances.data_ptr<float>(),
-                                st.depths.data_ptr<float>()};
+    // the splat records (the forward's were not kept: 64 B per Gaussian),
+    // packed again from the state in one pass in Gaussian order
+    const dgr::SplatSource src{st.means2D.data_ptr<float>(), st.conic_opacity.data_ptr<float>(),
+                               st.colors.data_ptr<float>(), importances.data_ptr<float>(), st.depths.data_ptr<float>()};
+    const ScratchArray<SplatRecord> records(P, "rasterize_backward_cpu: splat records", false);
+    const int* tiles_touched = st.tiles_touched.data_ptr<int>();
+    at::parallel_for(0, P, 8192, [&](int64_t begin, int64_t end) {
+        pack_splats(src, tiles_touched, begin, end, records.get());
+    });
+    args.records = records.get();
     args.ranges = st.tile_ranges.data_ptr<int64_t>();
     args.points = st.point_list.data_ptr<int32_t>();
     args.bg = background.data_ptr<float>();
