@@ -414,9 +414,11 @@ constexpr int GRAD_FLOATS = dgr::SPLAT_GRAD_FLOATS;
 constexpr int GRAD_LANES = 8;  // partial sums per gradient field and splat in the backward
 static_assert(LANES == 4 * GRAD_LANES, "backward_step folds the lanes in two halvings");
 // partial sums per statistic and splat in the forward: a quarter of the
-// lanes (one AVX2 register), which halves the memory each splat's partial
-// sums take against half the lanes (measured: statistics cost 20% -> ?)
+// lanes (one AVX2 register). Half the lanes took twice the memory per splat
+// that every step reads and writes (measured: statistics cost 19.7% -> 17.9%
+// of the forward on garden, benchmarks/RESULTS.md).
 constexpr int STAT_LANES = LANES / 4;
+static_assert(LANES == 4 * STAT_LANES, "forward_step folds the lanes in two halvings");
 
 // The functions that hold the vectorised loops are compiled for AVX-512,
 // AVX2 and baseline x86-64, and the loader picks the best the CPU has (GCC's
