@@ -269,46 +269,121 @@ struct Binning {
     torch::Tensor entry_slots;       // [E] int64: slot of each sorted entry
 };
 
-// The visible Gaussians (tiles_touched > 0) in order of depth, ties by index:
-// a stable LSD radix sort on the bits of the depth (positive floats order
-// like their bit patterns; the preprocess culls z <= 0.2 and NaN).
-ScratchArray<int32_t> depth_order(const float* depth, const int* touched, int64_t P, int64_t& V) {
-    // Sorted as (depth bits << 32 | index): one array moved per pass. (Serial:
-    // a version in parallel chunks measured no faster on 2 cores.)
-    ScratchArray<uint64_t> items(P, "bin_gaussians: depth order", false), other(P, "bin_gaussians: depth order", false);
+// The depth-sort items (depth bits << 32 | index) of the visible Gaussians
+// (tiles_touched > 0) of each chunk of CHUNK Gaussians, compacted where the
+// chunk starts, with their count and key range: written by the preprocess,
+// chunk by chunk, while the depths and tile counts are in cache (as a pass
+// of its own over a million Gaussians it read 8 MB: ~1 ms of garden-x3).
+struct VisibleRuns {
+    static constexpr int64_t CHUNK = 4096;
+    ScratchArray<uint64_t> items;  // [P]
+    std::vector<int64_t> found;    // per chunk
+    std::vector<uint32_t> key_min, key_max;
+    explicit VisibleRuns(int64_t P)
+        : items(P, "rasterize_forward_cpu: depth order", false),
+          found(size_t((P + CHUNK - 1) / CHUNK)),
+          key_min(found.size()),
+          key_max(found.size()) {}
+    int64_t chunks() const { return int64_t(found.size()); }
+
+    // Gaussians [begin, end), a whole chunk
+    void collect(const float* depth, const int* touched, int64_t begin, int64_t end) {
+        uint64_t* out = items.get() + begin;
+        int64_t n = 0;
+        uint32_t k_min = ~0u, k_max = 0u;
+        for (int64_t i = begin; i < end; ++i) {
+            uint32_t key;
+            std::memcpy(&key, &depth[i], sizeof(key));  // (a culled Gaussian's depth is not written: not kept)
+            // written always and kept if visible (in bounds): a branch here
+            // mispredicts, ~30% of a real scene's Gaussians being visible in no order
+            out[n] = uint64_t(key) << 32 | uint64_t(i);
+            const bool visible = touched[i] > 0;
+            n += visible;
+            k_min = std::min(k_min, visible ? key : ~0u);
+            k_max = std::max(k_max, visible ? key : 0u);
+        }
+        const size_t c = size_t(begin / CHUNK);
+        found[c] = n;
+        key_min[c] = k_min;
+        key_max[c] = k_max;
+    }
+};
+
+// The visible Gaussians in order of depth, ties by index: a stable LSD radix
+// sort of the runs' items (positive floats order like their bit patterns;
+// the preprocess culls z <= 0.2 and NaN). The keys are sorted less the
+// smallest: only the bits their range needs (~27 of 32 for depths that span
+// a few octaves), in as few passes of at most 11 bits as they take, each as
+// narrow as that allows (fewer buckets: fewer places written at once). Each
+// pass runs in chunks on the threads: each chunk counts its digits, then
+// moves its items from its own cursors, which keeps the order stable for any
+// number of chunks.
+ScratchArray<int32_t> depth_order(const VisibleRuns& runs, int64_t P, int64_t& V) {
+    std::vector<int64_t> base(size_t(runs.chunks()) + 1, 0);
+    uint32_t lo = ~0u, hi = 0u;
+    for (int64_t r = 0; r < runs.chunks(); ++r) {
+        base[size_t(r) + 1] = base[size_t(r)] + runs.found[size_t(r)];
+        if (runs.found[size_t(r)] == 0) continue;
+        lo = std::min(lo, runs.key_min[size_t(r)]);
+        hi = std::max(hi, runs.key_max[size_t(r)]);
+    }
+    const int64_t n = base[size_t(runs.chunks())];
+    V = n;
+    ScratchArray<uint64_t> items(n, "bin_gaussians: depth order", false), other(n, "bin_gaussians: depth order", false);
     uint64_t* a = items.get();
     uint64_t* b = other.get();
-    int64_t n = 0;
-    for (int64_t i = 0; i < P; ++i) {
-        uint32_t key;
-        std::memcpy(&key, &depth[i], sizeof(key));
-        // written always and kept if visible (n <= i: in bounds): a branch here
-        // mispredicts, ~30% of a real scene's Gaussians being visible in no order
-        a[n] = uint64_t(key) << 32 | uint64_t(i);
-        n += touched[i] > 0;
-    }
-    V = n;
-    constexpr int BITS = 11, BUCKETS = 1 << BITS;
-    for (int shift = 32; shift < 64; shift += BITS) {
-        auto digit = [shift](uint64_t item) { return int64_t((item >> shift) & (BUCKETS - 1)); };
-        int64_t start[BUCKETS + 1] = {};
-        for (int64_t i = 0; i < n; ++i) ++start[digit(a[i]) + 1];
-        if (n == 0 || start[digit(a[0]) + 1] == n) continue;  // one bucket: this pass moves nothing
-        for (int d = 0; d < BUCKETS; ++d) start[d + 1] += start[d];
-        for (int64_t i = 0; i < n; ++i) b[start[digit(a[i])]++] = a[i];
+    at::parallel_for(0, runs.chunks(), 16, [&](int64_t r0, int64_t r1) {
+        for (int64_t r = r0; r < r1; ++r)
+            std::copy_n(runs.items.get() + r * VisibleRuns::CHUNK, runs.found[size_t(r)], a + base[size_t(r)]);
+    });
+
+    const int64_t chunks = std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), n / 16384));
+    auto run_chunks = [&](auto&& f) {
+        at::parallel_for(0, chunks, 1, [&](int64_t c0, int64_t c1) {
+            for (int64_t c = c0; c < c1; ++c) f(c);
+        });
+    };
+    auto part = [&](int64_t c) { return n * c / chunks; };
+    const uint32_t range = n == 0 ? 0u : hi - lo;
+    const int bits = range == 0 ? 0 : 32 - __builtin_clz(range);
+    constexpr int MAX_DIGIT = 11;
+    const int passes = (bits + MAX_DIGIT - 1) / MAX_DIGIT;
+    const int digit_bits = passes == 0 ? 0 : (bits + passes - 1) / passes;
+    const int64_t buckets = int64_t(1) << digit_bits;
+    std::vector<int64_t> cursor(size_t(chunks * buckets));
+    for (int pass = 0; pass < passes; ++pass) {
+        const int shift = pass * digit_bits;
+        const uint32_t mask = uint32_t(buckets - 1);
+        auto digit = [&](uint64_t item) { return ((uint32_t(item >> 32) - lo) >> shift) & mask; };
+        run_chunks([&](int64_t c) {
+            int64_t* count = cursor.data() + c * buckets;
+            std::fill_n(count, buckets, 0);
+            for (int64_t i = part(c); i < part(c + 1); ++i) ++count[digit(a[i])];
+        });
+        int64_t total = 0;  // bucket-major, then chunk: a stable order
+        for (int64_t d = 0; d < buckets; ++d)
+            for (int64_t c = 0; c < chunks; ++c) {
+                const int64_t k = cursor[size_t(c * buckets + d)];
+                cursor[size_t(c * buckets + d)] = total;
+                total += k;
+            }
+        run_chunks([&](int64_t c) {
+            int64_t* next = cursor.data() + c * buckets;
+            for (int64_t i = part(c); i < part(c + 1); ++i) b[next[digit(a[i])]++] = a[i];
+        });
         std::swap(a, b);
     }
     ScratchArray<int32_t> order(n, "bin_gaussians: depth order", false);
-    for (int64_t i = 0; i < n; ++i) order[i] = int32_t(uint32_t(a[i]));
+    run_chunks([&](int64_t c) {
+        for (int64_t i = part(c); i < part(c + 1); ++i) order[i] = int32_t(uint32_t(a[i]));
+    });
     return order;
 }
 
-Binning bin_gaussians(const torch::Tensor& depths, const torch::Tensor& tile_rects,
-                      const torch::Tensor& tiles_touched, const TileGrid& grid) {
-    const int64_t P = depths.size(0);
-    const float* depth = depths.data_ptr<float>();
+Binning bin_gaussians(const VisibleRuns& runs, const torch::Tensor& tile_rects, const torch::Tensor& tiles_touched,
+                      const TileGrid& grid) {
+    const int64_t P = tiles_touched.size(0);
     const int* rects = tile_rects.data_ptr<int>();
-    const int* touched = tiles_touched.data_ptr<int>();
 
     Binning b;
     b.gaussian_offsets = entry_offsets_cpu(tiles_touched);
@@ -316,7 +391,7 @@ Binning bin_gaussians(const torch::Tensor& depths, const torch::Tensor& tile_rec
     const int64_t num_entries = offsets[P];
 
     int64_t V = 0;
-    const ScratchArray<int32_t> order = depth_order(depth, touched, P, V);
+    const ScratchArray<int32_t> order = depth_order(runs, P, V);
 
     // The depth-ordered list is cut into chunks; each chunk counts its
     // entries per tile, then scatters them from its own cursors. The result
@@ -782,7 +857,8 @@ DGR_INLINE bool any_in_front(const dgr::GaussianInputs& in, const dgr::Camera& c
 // its fields are still in cache.
 DGR_MULTIVERSION void preprocess_range(const dgr::GaussianInputs& in, const dgr::Camera& cam, const TileGrid& grid,
                                        const dgr::ProjectedGaussians& proj, const dgr::SplatSource& src,
-                                       SplatRecord* records, int64_t begin, int64_t end, bool scalar) {
+                                       SplatRecord* records, VisibleRuns& runs, int64_t begin, int64_t end,
+                                       bool scalar) {
     // What a culled Gaussian [i, i + count) gets: radius 0, no tiles. (Its
     // other fields are never read: everything downstream goes by
     // tiles_touched. Zeroing them was 56 B per Gaussian, ~2 ms on a million.)
@@ -795,6 +871,7 @@ DGR_MULTIVERSION void preprocess_range(const dgr::GaussianInputs& in, const dgr:
             dgr::preprocess_gaussian(int(i), in, cam, grid.grid_x, grid.grid_y, proj);
         }
         pack_splats(src, proj.tiles_touched, begin, end, records);
+        runs.collect(proj.depths, proj.tiles_touched, begin, end);
         return;
     }
     ProjectedBlock blk;
@@ -821,6 +898,7 @@ DGR_MULTIVERSION void preprocess_range(const dgr::GaussianInputs& in, const dgr:
         }
         pack_splats(src, proj.tiles_touched, first, first + n, records);
     }
+    runs.collect(proj.depths, proj.tiles_touched, begin, end);
 }
 
 // What both passes' tile loops read: the frame, the splats and their tile lists.
@@ -1221,12 +1299,13 @@ std::vector<torch::Tensor> rasterize_forward_cpu(
     const dgr::SplatSource src{means2D.data_ptr<float>(), conic_opacity.data_ptr<float>(), colors.data_ptr<float>(),
                                importances.data_ptr<float>(), depths.data_ptr<float>()};
     const ScratchArray<SplatRecord> records(P, "rasterize_forward_cpu: splat records", false);
+    VisibleRuns runs(P);
     const bool scalar_preprocess = !culling_enabled();
-    parallel_for_chunks(P, 4096, [&](int64_t begin, int64_t end) {
-        preprocess_range(in, cam, grid, proj, src, records.get(), begin, end, scalar_preprocess);
+    parallel_for_chunks(P, VisibleRuns::CHUNK, [&](int64_t begin, int64_t end) {
+        preprocess_range(in, cam, grid, proj, src, records.get(), runs, begin, end, scalar_preprocess);
     });
 
-    Binning bins = bin_gaussians(depths, tile_rects, tiles_touched, grid);
+    Binning bins = bin_gaussians(runs, tile_rects, tiles_touched, grid);
 
     torch::Tensor out_color = pooled_empty({3, H, W}, torch::kFloat32);
     torch::Tensor out_importance = pooled_empty({H, W}, torch::kFloat32);
