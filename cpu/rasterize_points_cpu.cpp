@@ -612,9 +612,10 @@ DGR_INLINE int64_t flagged(const int32_t* flags, int64_t n, int32_t* out) {
 
 // Everything the tile loops read of one splat (load_splat's values, in
 // TileSplats' field order), in one cache line: the tiles gather their
-// splats in depth order, i.e. at random Gaussians, and five separate arrays
-// cost five cache misses per entry (most of load_tile's time, measured with
-// cycle counters: ~60 cycles per kept entry on garden).
+// splats in depth order, i.e. at random Gaussians, one line per entry
+// instead of one in each of five arrays (garden-x3 forward 70 -> 67 ms;
+// written in the preprocess, not in a pass of its own, which cost what it
+// saved: benchmarks/RESULTS.md).
 struct alignas(64) SplatRecord {
     float field[TileSplats::NUM_FIELDS];
 };
