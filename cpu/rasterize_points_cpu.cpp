@@ -254,6 +254,48 @@ TileGrid make_grid(int64_t height, int64_t width) {
     return TileGrid{int((width + TILE_X - 1) / TILE_X), int((height + TILE_Y - 1) / TILE_Y)};
 }
 
+// A stable counting sort in `chunks` consecutive parts of items [0, n), one
+// part per task on the threads: for_each_bucket(i, f) calls f(bucket) for
+// each bucket item i goes to, in order (the depth sort: one digit; the
+// binning: every tile of a Gaussian), and place(i) returns what is then
+// called with the position of each of item i's buckets in turn (a callable
+// made per item, so that what it writes cannot alias what it read). Each part counts its buckets, the
+// cursors run bucket by bucket and part by part, and each part places its
+// items from its own cursors: the order within a bucket is the items' order
+// for any number of parts. bucket_starts ([buckets + 1], or null) gets where
+// each bucket starts.
+template <typename ForEachBucket, typename Place>
+void counting_sort_in_chunks(int64_t n, int64_t chunks, int64_t buckets, const ForEachBucket& for_each_bucket,
+                             const Place& place, int64_t* bucket_starts) {
+    std::vector<int64_t> cursor(size_t(chunks * buckets), 0);
+    auto part = [&](int64_t c) { return n * c / chunks; };
+    at::parallel_for(0, chunks, 1, [&](int64_t c0, int64_t c1) {
+        for (int64_t c = c0; c < c1; ++c) {
+            int64_t* count = cursor.data() + c * buckets;
+            for (int64_t i = part(c); i < part(c + 1); ++i) for_each_bucket(i, [&](int64_t d) { ++count[d]; });
+        }
+    });
+    int64_t total = 0;
+    for (int64_t d = 0; d < buckets; ++d) {
+        if (bucket_starts != nullptr) bucket_starts[d] = total;
+        for (int64_t c = 0; c < chunks; ++c) {
+            const int64_t k = cursor[size_t(c * buckets + d)];
+            cursor[size_t(c * buckets + d)] = total;
+            total += k;
+        }
+    }
+    if (bucket_starts != nullptr) bucket_starts[buckets] = total;
+    at::parallel_for(0, chunks, 1, [&](int64_t c0, int64_t c1) {
+        for (int64_t c = c0; c < c1; ++c) {
+            int64_t* next = cursor.data() + c * buckets;
+            for (int64_t i = part(c); i < part(c + 1); ++i) {
+                auto put = place(i);
+                for_each_bucket(i, [&](int64_t d) { put(next[d]++); });
+            }
+        }
+    });
+}
+
 // Binning: one entry per (Gaussian, touched tile), ordered by tile and then
 // by depth (ties by Gaussian index: a stable order). Besides the sorted
 // Gaussian list it records the slot of each entry: entry k of Gaussian g (its
@@ -288,6 +330,7 @@ struct VisibleRuns {
 
     // Gaussians [begin, end), a whole chunk
     void collect(const float* depth, const int* touched, int64_t begin, int64_t end) {
+        TORCH_INTERNAL_ASSERT(begin % CHUNK == 0 && end - begin <= CHUNK, "VisibleRuns: not a chunk");
         uint64_t* out = items.get() + begin;
         int64_t n = 0;
         uint32_t k_min = ~0u, k_max = 0u;
@@ -314,11 +357,9 @@ struct VisibleRuns {
 // the preprocess culls z <= 0.2 and NaN). The keys are sorted less the
 // smallest: only the bits their range needs (~27 of 32 for depths that span
 // a few octaves), in as few passes of at most 11 bits as they take, each as
-// narrow as that allows (fewer buckets: fewer places written at once). Each
-// pass runs in chunks on the threads: each chunk counts its digits, then
-// moves its items from its own cursors, which keeps the order stable for any
-// number of chunks.
-ScratchArray<int32_t> depth_order(const VisibleRuns& runs, int64_t P, int64_t& V) {
+// narrow as that allows (fewer buckets: fewer places written at once), each
+// a counting_sort_in_chunks.
+ScratchArray<int32_t> depth_order(const VisibleRuns& runs, int64_t& V) {
     std::vector<int64_t> base(size_t(runs.chunks()) + 1, 0);
     uint32_t lo = ~0u, hi = 0u;
     for (int64_t r = 0; r < runs.chunks(); ++r) {
@@ -338,44 +379,23 @@ ScratchArray<int32_t> depth_order(const VisibleRuns& runs, int64_t P, int64_t& V
     });
 
     const int64_t chunks = std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), n / 16384));
-    auto run_chunks = [&](auto&& f) {
-        at::parallel_for(0, chunks, 1, [&](int64_t c0, int64_t c1) {
-            for (int64_t c = c0; c < c1; ++c) f(c);
-        });
-    };
-    auto part = [&](int64_t c) { return n * c / chunks; };
     const uint32_t range = n == 0 ? 0u : hi - lo;
     const int bits = range == 0 ? 0 : 32 - __builtin_clz(range);
     constexpr int MAX_DIGIT = 11;
     const int passes = (bits + MAX_DIGIT - 1) / MAX_DIGIT;
     const int digit_bits = passes == 0 ? 0 : (bits + passes - 1) / passes;
     const int64_t buckets = int64_t(1) << digit_bits;
-    std::vector<int64_t> cursor(size_t(chunks * buckets));
     for (int pass = 0; pass < passes; ++pass) {
         const int shift = pass * digit_bits;
         const uint32_t mask = uint32_t(buckets - 1);
-        auto digit = [&](uint64_t item) { return ((uint32_t(item >> 32) - lo) >> shift) & mask; };
-        run_chunks([&](int64_t c) {
-            int64_t* count = cursor.data() + c * buckets;
-            std::fill_n(count, buckets, 0);
-            for (int64_t i = part(c); i < part(c + 1); ++i) ++count[digit(a[i])];
-        });
-        int64_t total = 0;  // bucket-major, then chunk: a stable order
-        for (int64_t d = 0; d < buckets; ++d)
-            for (int64_t c = 0; c < chunks; ++c) {
-                const int64_t k = cursor[size_t(c * buckets + d)];
-                cursor[size_t(c * buckets + d)] = total;
-                total += k;
-            }
-        run_chunks([&](int64_t c) {
-            int64_t* next = cursor.data() + c * buckets;
-            for (int64_t i = part(c); i < part(c + 1); ++i) b[next[digit(a[i])]++] = a[i];
-        });
+        counting_sort_in_chunks(
+            n, chunks, buckets, [&](int64_t i, auto&& f) { f(((uint32_t(a[i] >> 32) - lo) >> shift) & mask); },
+            [&](int64_t i) { return [item = a[i], b](int64_t to) { b[to] = item; }; }, nullptr);
         std::swap(a, b);
     }
     ScratchArray<int32_t> order(n, "bin_gaussians: depth order", false);
-    run_chunks([&](int64_t c) {
-        for (int64_t i = part(c); i < part(c + 1); ++i) order[i] = int32_t(uint32_t(a[i]));
+    at::parallel_for(0, n, 16384, [&](int64_t begin, int64_t end) {
+        for (int64_t i = begin; i < end; ++i) order[i] = int32_t(uint32_t(a[i]));
     });
     return order;
 }
@@ -391,12 +411,10 @@ Binning bin_gaussians(const VisibleRuns& runs, const torch::Tensor& tile_rects, 
     const int64_t num_entries = offsets[P];
 
     int64_t V = 0;
-    const ScratchArray<int32_t> order = depth_order(runs, P, V);
+    const ScratchArray<int32_t> order = depth_order(runs, V);
 
-    // The depth-ordered list is cut into chunks; each chunk counts its
-    // entries per tile, then scatters them from its own cursors. The result
-    // does not depend on the number of chunks: within a tile, entries come
-    // in depth order either way.
+    // The entries: a counting sort of the depth-ordered Gaussians by tile
+    // (within a tile, entries come in depth order).
     // The rectangles and first slots in depth order, gathered once (in
     // parallel), so that the two passes below read them in a row rather than
     // at random Gaussians: on a million Gaussians those scattered reads made
@@ -412,51 +430,25 @@ Binning bin_gaussians(const VisibleRuns& runs, const torch::Tensor& tile_rects, 
     });
     const int64_t num_tiles = grid.num_tiles();
     const int64_t chunks = std::max<int64_t>(1, std::min<int64_t>(2 * at::get_num_threads(), V / 4096));
-    std::vector<int64_t> cursor(size_t(chunks * num_tiles), 0);
-    auto chunk_begin = [&](int64_t c) { return V * c / chunks; };
-    auto for_each_tile = [&](int64_t i, auto&& f) {  // the tiles of the i-th Gaussian in depth order
-        const dgr::TileRect& r = sorted_rect[i];
-        for (int ty = r.min_y; ty < r.max_y; ++ty)
-            for (int tx = r.min_x; tx < r.max_x; ++tx) f(int64_t(ty) * grid.grid_x + tx);
-    };
-    at::parallel_for(0, chunks, 1, [&](int64_t c0, int64_t c1) {
-        for (int64_t c = c0; c < c1; ++c) {
-            int64_t* count = cursor.data() + c * num_tiles;
-            for (int64_t i = chunk_begin(c); i < chunk_begin(c + 1); ++i)
-                for_each_tile(i, [&](int64_t t) { ++count[t]; });
-        }
-    });
     b.tile_ranges = pooled_empty({num_tiles + 1}, torch::kInt64);
-    int64_t* ranges = b.tile_ranges.data_ptr<int64_t>();
-    int64_t total = 0;
-    for (int64_t t = 0; t < num_tiles; ++t) {
-        ranges[t] = total;
-        for (int64_t c = 0; c < chunks; ++c) {
-            const int64_t n = cursor[c * num_tiles + t];
-            cursor[c * num_tiles + t] = total;
-            total += n;
-        }
-    }
-    ranges[num_tiles] = total;
-
     b.point_list = pooled_empty({num_entries}, torch::kInt32);
     b.entry_slots = pooled_empty({num_entries}, torch::kInt64);
     int32_t* points = b.point_list.data_ptr<int32_t>();
     int64_t* slots = b.entry_slots.data_ptr<int64_t>();
-    at::parallel_for(0, chunks, 1, [&](int64_t c0, int64_t c1) {
-        for (int64_t c = c0; c < c1; ++c) {
-            int64_t* next = cursor.data() + c * num_tiles;
-            for (int64_t i = chunk_begin(c); i < chunk_begin(c + 1); ++i) {
-                const int32_t g = order[i];
-                int64_t slot = sorted_slot[i];
-                for_each_tile(i, [&](int64_t t) {
-                    const int64_t entry = next[t]++;
-                    points[entry] = g;
-                    slots[entry] = slot++;
-                });
-            }
-        }
-    });
+    counting_sort_in_chunks(
+        V, chunks, num_tiles,
+        [&](int64_t i, auto&& f) {  // the tiles of the i-th Gaussian in depth order, row-major
+            const dgr::TileRect& r = sorted_rect[i];
+            for (int ty = r.min_y; ty < r.max_y; ++ty)
+                for (int tx = r.min_x; tx < r.max_x; ++tx) f(int64_t(ty) * grid.grid_x + tx);
+        },
+        [&](int64_t i) {  // its k-th tile: the Gaussian's slot k
+            return [g = order[i], slot = sorted_slot[i], points, slots](int64_t entry) mutable {
+                points[entry] = g;
+                slots[entry] = slot++;
+            };
+        },
+        b.tile_ranges.data_ptr<int64_t>());
     return b;
 }
 
