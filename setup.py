@@ -85,7 +85,12 @@ glm_dir = find_glm()
 # -fno-trapping-math: lets the vectoriser if-convert the per-pixel loops
 # (compute both sides of a condition, then select); it changes no value, only
 # the assumption that a float operation may trap (nothing here enables traps).
-cxx_flags = ["-O3", "-fopenmp", "-fno-math-errno", "-fno-trapping-math", "-ffp-contract=off"]
+# -fno-wrapv undoes Python's -fwrapv (in the flags setuptools passes first):
+# with wrapping ints GCC cannot prove an index like 3 * (first + j) advances
+# by 3 and emulates a gather per lane (the vectorised preprocess ran ~30
+# cycles per Gaussian; garden-x3 forward -1.5 ms). C++ code must not rely on
+# signed overflow anyway (tests/test_sanitizers.py runs UBSan).
+cxx_flags = ["-O3", "-fno-wrapv", "-fopenmp", "-fno-math-errno", "-fno-trapping-math", "-ffp-contract=off"]
 sources = ["ext.cpp"] + sorted(glob.glob("cpu/*.cpp"))
 include_dirs = [ROOT, glm_dir]
 link_args = ["-fopenmp"]
