@@ -898,9 +898,14 @@ DGR_MULTIVERSION void preprocess_range(const dgr::GaussianInputs& in, const dgr:
             project_block<true>(in, cam, grid, first, n, blk);
         else
             project_block<false>(in, cam, grid, first, n, blk);
-        for (int j = 0; j < n; ++j) {
+        // over the candidates' list (no branch on each Gaussian's outcome,
+        // which mispredicted: a real scene's visible ones come in no order)
+        int32_t candidates[PREPROCESS_BLOCK];
+        const int64_t num_candidates = flagged(blk.candidate, n, candidates);
+        for (int64_t c = 0; c < num_candidates; ++c) {
+            const int j = candidates[c];
             const int i = first + j;
-            if (!blk.candidate[j] || !dgr::attributes_finite(in, i)) continue;
+            if (!dgr::attributes_finite(in, i)) continue;
             dgr::GaussianProjection g;  // the fields store_projection reads
             g.radius = blk.radius[j];
             g.mean2D = glm::vec2(blk.mean_x[j], blk.mean_y[j]);
