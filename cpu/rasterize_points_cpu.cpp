@@ -39,8 +39,24 @@ torch::Tensor entry_offsets_cpu(const torch::Tensor& tiles_touched) {
     const int* touched = tiles_touched.data_ptr<int>();
     torch::Tensor result = pooled_empty({P + 1}, torch::kInt64);
     int64_t* offsets = result.data_ptr<int64_t>();
+    // in parallel parts (one thread took ~0.6 ms on a million Gaussians):
+    // each part's total, then each part's running sum from the totals before it
+    constexpr int64_t PART = 1 << 16;
+    const int64_t parts = (P + PART - 1) / PART;
+    std::vector<int64_t> start(size_t(parts) + 1, 0);
+    at::parallel_for(0, parts, 1, [&](int64_t p0, int64_t p1) {
+        for (int64_t p = p0; p < p1; ++p)
+            start[size_t(p) + 1] = std::accumulate(touched + p * PART, touched + std::min(P, (p + 1) * PART), int64_t(0));
+    });
+    std::partial_sum(start.begin(), start.end(), start.begin());
     offsets[0] = 0;
-    for (int64_t i = 0; i < P; ++i) offsets[i + 1] = offsets[i] + touched[i];
+    at::parallel_for(0, parts, 1, [&](int64_t p0, int64_t p1) {
+        for (int64_t p = p0; p < p1; ++p) {
+            int64_t sum = start[size_t(p)];
+            const int64_t end = std::min(P, (p + 1) * PART);
+            for (int64_t i = p * PART; i < end; ++i) offsets[i + 1] = sum += touched[i];
+        }
+    });
     return result;
 }
 
