@@ -64,7 +64,8 @@ std::vector<torch::Tensor> rasterize_forward_cpu(
 // upstream gradients are of color, importance_map, invdepth and alpha. Returns
 // gradients of: means3D [P,3], means2D [P,3], opacities [P], importances [P],
 // colors_precomp [P,3], shs [P,M,3], cov3D_precomp [P,6], scales [P,3],
-// rotations [P,4] (zeros for inputs that were not given).
+// rotations [P,4] (zeros for inputs that were not given: on the CPU, a
+// read-only zero row expanded to that shape).
 std::vector<torch::Tensor> rasterize_backward_cpu(
     const torch::Tensor& background, const torch::Tensor& means3D, const torch::Tensor& colors_precomp,
     const torch::Tensor& opacities, const torch::Tensor& importances, const torch::Tensor& scales,
