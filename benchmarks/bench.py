@@ -47,10 +47,14 @@ and
   forward time, `evals/s/core` also by the number of threads.
 
 The timed functions of a scene take turns (forward, forward+backward, the
-statistics and 1-thread variants, and, for `garden-ref`, the same for the
-reference), so that a slow phase of a shared machine does not land on one of
-them only. The last line says how
-much CPU time other processes took during the run (from /proc/stat).
+statistics variant, and, for `garden-ref`, the same for the reference), so
+that a slow phase of a shared machine does not land on one of them only.
+The 1-thread variants (`--scaling`) take their turns after those, among
+themselves: switching torch's thread count between calls slowed the
+2-thread calls that followed, and more so on the larger scenes (garden-x3's
+forward measured 1.98x garden's with the switches, 1.89x without, in runs of
+the same build). The last line says how much CPU time other processes took
+during the run (from /proc/stat).
 
 The reference (`rasterize_reference`, O(P_visible x H x W) time and memory)
 is timed on a scene small enough for it (`garden-ref`: a fixed random subset
@@ -301,18 +305,20 @@ def _forward_fn(backend: str, scene: Scene, stats: bool = False) -> Callable[[],
 
 def bench(name: str, scene: Scene, backends: List[str], args) -> List[dict]:
     """Times each of `backends` ("cpu", "reference") on `scene`, interleaved."""
-    fns, threads = {}, {}
+    fns, fns_1t, threads = {}, {}, {}
     for b in backends:
         fns[(b, "fwd")] = _forward_fn(b, scene)
         fns[(b, "fwdbwd")] = _forward_backward_fn(b, scene)
         if b == "cpu" and args.stats:
             fns[(b, "fwd_stats")] = _forward_fn(b, scene, stats=True)
         if b == "cpu" and args.scaling and args.threads != 1:
-            fns[(b, "fwd_1t")] = _forward_fn(b, scene)
-            fns[(b, "fwdbwd_1t")] = _forward_backward_fn(b, scene)
-    for key in fns:
+            fns_1t[(b, "fwd_1t")] = _forward_fn(b, scene)
+            fns_1t[(b, "fwdbwd_1t")] = _forward_backward_fn(b, scene)
+    for key in list(fns) + list(fns_1t):
         threads[key] = 1 if key[1].endswith("_1t") else args.threads
+    # (the thread counts in separate rounds: see the module docstring)
     times = timed(fns, args.repeats, threads)
+    times.update(timed(fns_1t, args.repeats, threads))
     torch.set_num_threads(args.threads)
     rows = []
     s = scene.settings
