@@ -1076,20 +1076,34 @@ DGR_INLINE void forward_block(const ForwardArgs& a, TileSplats& ts, const int32_
         fin = &A;
         if (!forward_step<kStats>(B, A, ts, list[i++], b, sl)) break;
     }
-    const int64_t HW = a.frame.H * a.frame.W;
+    // The pixels' outputs, computed for every lane at once, then copied
+    // row by row into the maps (lane by lane, at computed indices, GCC left
+    // this loop scalar: a cost per pixel, which a larger image pays more of).
+    constexpr int NUM_MAPS = dgr::NUM_CHANNELS + 3;  // colour, importance, inverse depth, T
+    alignas(64) float maps[NUM_MAPS][LANES];
+    const float* bg = a.bg;
+#pragma omp simd
     for (int l = 0; l < LANES; ++l) {
-        if (!b.inside[l]) continue;
         dgr::PixelAccumulator acc;
         acc.T = fin->T[l];
         for (int k = 0; k < NF; ++k) acc.feature[k] = fin->feature[k][l];
-        const int64_t pix = b.pix[l];
-        for (int ch = 0; ch < dgr::NUM_CHANNELS; ++ch) a.color[ch * HW + pix] = acc.final_color(ch, a.bg);
-        a.importance[pix] = acc.importance();
-        a.invdepth[pix] = acc.invdepth();
-        a.final_T[pix] = acc.T;
-        a.n_contrib[pix] = fin->last[l];
-        if (kStats && fin->top_id[l] >= 0) ts.top_count[fin->top_id[l]] += 1;
+        for (int ch = 0; ch < dgr::NUM_CHANNELS; ++ch) maps[ch][l] = acc.final_color(ch, bg);
+        maps[dgr::NUM_CHANNELS][l] = acc.importance();
+        maps[dgr::NUM_CHANNELS + 1][l] = acc.invdepth();
+        maps[dgr::NUM_CHANNELS + 2][l] = acc.T;
     }
+    const int64_t W = a.frame.W, HW = a.frame.H * W;
+    float* const map_out[NUM_MAPS] = {a.color, a.color + HW, a.color + 2 * HW, a.importance, a.invdepth, a.final_T};
+    static_assert(dgr::NUM_CHANNELS == 3, "map_out lists three colour planes");
+    const int cols = r.x1 - r.x0 + 1;
+    for (int row = 0; row <= r.y1 - r.y0; ++row) {
+        const int64_t first = int64_t(r.y0 + row) * W + r.x0;
+        for (int m = 0; m < NUM_MAPS; ++m) std::copy_n(maps[m] + row * BLOCK_W, cols, map_out[m] + first);
+        std::copy_n(fin->last + row * BLOCK_W, cols, a.n_contrib + first);
+    }
+    if (kStats)
+        for (int l = 0; l < LANES; ++l)
+            if (b.inside[l] && fin->top_id[l] >= 0) ts.top_count[fin->top_id[l]] += 1;
 }
 
 DGR_MULTIVERSION void forward_tile(const ForwardArgs& a, int64_t tile) {
