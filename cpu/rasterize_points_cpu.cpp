@@ -951,6 +951,7 @@ struct ForwardArgs : TileArgs {
     float* importance;
     float* invdepth;
     float* final_T;
+    float* alpha;  // 1 - final_T
     int* n_contrib;
     dgr::SplatStats* slot_stats;   // statistics: [E] per (Gaussian, tile) entry, in slot order; null: none
     const int64_t* entry_slot;     // with statistics: [E] the slot of each entry (state.entry_slots)
@@ -1079,7 +1080,7 @@ DGR_INLINE void forward_block(const ForwardArgs& a, TileSplats& ts, const int32_
     // The pixels' outputs, computed for every lane at once, then copied
     // row by row into the maps (lane by lane, at computed indices, GCC left
     // this loop scalar: a cost per pixel, which a larger image pays more of).
-    constexpr int NUM_MAPS = dgr::NUM_CHANNELS + 3;  // colour, importance, inverse depth, T
+    constexpr int NUM_MAPS = dgr::NUM_CHANNELS + 4;  // colour, importance, inverse depth, T, alpha
     alignas(64) float maps[NUM_MAPS][LANES];
     const float* bg = a.bg;
 #pragma omp simd
@@ -1091,9 +1092,11 @@ DGR_INLINE void forward_block(const ForwardArgs& a, TileSplats& ts, const int32_
         maps[dgr::NUM_CHANNELS][l] = acc.importance();
         maps[dgr::NUM_CHANNELS + 1][l] = acc.invdepth();
         maps[dgr::NUM_CHANNELS + 2][l] = acc.T;
+        maps[dgr::NUM_CHANNELS + 3][l] = 1.0f - acc.T;
     }
     const int64_t W = a.frame.W, HW = a.frame.H * W;
-    float* const map_out[NUM_MAPS] = {a.color, a.color + HW, a.color + 2 * HW, a.importance, a.invdepth, a.final_T};
+    float* const map_out[NUM_MAPS] = {a.color,      a.color + HW, a.color + 2 * HW, a.importance,
+                                      a.invdepth, a.final_T,    a.alpha};
     static_assert(dgr::NUM_CHANNELS == 3, "map_out lists three colour planes");
     const int cols = r.x1 - r.x0 + 1;
     for (int row = 0; row <= r.y1 - r.y0; ++row) {
@@ -1360,6 +1363,7 @@ std::vector<torch::Tensor> rasterize_forward_cpu(
     torch::Tensor out_importance = pooled_empty({H, W}, torch::kFloat32);
     torch::Tensor out_invdepth = pooled_empty({1, H, W}, torch::kFloat32);
     torch::Tensor final_T = pooled_empty({H, W}, torch::kFloat32);
+    torch::Tensor out_alpha = pooled_empty({1, H, W}, torch::kFloat32);  // (1 - final_T, written by the tiles)
     torch::Tensor n_contrib = pooled_empty({H, W}, torch::kInt32);
     float* color_px = out_color.data_ptr<float>();
     float* importance_px = out_importance.data_ptr<float>();
@@ -1387,6 +1391,7 @@ std::vector<torch::Tensor> rasterize_forward_cpu(
     args.importance = importance_px;
     args.invdepth = invdepth_px;
     args.final_T = final_T_px;
+    args.alpha = out_alpha.data_ptr<float>();
     args.n_contrib = n_contrib_px;
     args.slot_stats = slot_stats.get();
     args.entry_slot = bins.entry_slots.data_ptr<int64_t>();
@@ -1396,7 +1401,6 @@ std::vector<torch::Tensor> rasterize_forward_cpu(
     const ForwardState st{means2D,          depths,          conic_opacity,   colors,  tiles_touched,
                           bins.gaussian_offsets, bins.tile_ranges, bins.point_list, bins.entry_slots, final_T,
                           n_contrib};
-    torch::Tensor out_alpha = (1.0f - final_T).unsqueeze(0);
     std::vector<torch::Tensor> result = {out_color, out_importance, radii, out_invdepth, out_alpha};
     for (const torch::Tensor& t : st.to_vector()) result.push_back(t);
 
