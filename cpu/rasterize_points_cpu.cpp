@@ -1099,10 +1099,18 @@ DGR_INLINE void forward_block(const ForwardArgs& a, TileSplats& ts, const int32_
                                       a.invdepth, a.final_T,    a.alpha};
     static_assert(dgr::NUM_CHANNELS == 3, "map_out lists three colour planes");
     const int cols = r.x1 - r.x0 + 1;
+    // (a whole row of the block: a copy of constant size, inlined; a
+    // variable size is a library call, one per map and row)
+    auto copy_row = [cols](const auto* from, auto* to) {
+        if (cols == BLOCK_W)
+            std::memcpy(to, from, BLOCK_W * sizeof(*from));
+        else
+            std::copy_n(from, cols, to);
+    };
     for (int row = 0; row <= r.y1 - r.y0; ++row) {
         const int64_t first = int64_t(r.y0 + row) * W + r.x0;
-        for (int m = 0; m < NUM_MAPS; ++m) std::copy_n(maps[m] + row * BLOCK_W, cols, map_out[m] + first);
-        std::copy_n(fin->last + row * BLOCK_W, cols, a.n_contrib + first);
+        for (int m = 0; m < NUM_MAPS; ++m) copy_row(maps[m] + row * BLOCK_W, map_out[m] + first);
+        copy_row(fin->last + row * BLOCK_W, a.n_contrib + first);
     }
     if (kStats)
         for (int l = 0; l < LANES; ++l)
