@@ -951,7 +951,7 @@ struct ForwardArgs : TileArgs {
     float* importance;
     float* invdepth;
     float* final_T;
-    float* alpha;  // 1 - final_T
+    float* alpha;  // PixelAccumulator::alpha(): 1 - final_T
     int* n_contrib;
     dgr::SplatStats* slot_stats;   // statistics: [E] per (Gaussian, tile) entry, in slot order; null: none
     const int64_t* entry_slot;     // with statistics: [E] the slot of each entry (state.entry_slots)
@@ -1092,7 +1092,7 @@ DGR_INLINE void forward_block(const ForwardArgs& a, TileSplats& ts, const int32_
         maps[dgr::NUM_CHANNELS][l] = acc.importance();
         maps[dgr::NUM_CHANNELS + 1][l] = acc.invdepth();
         maps[dgr::NUM_CHANNELS + 2][l] = acc.T;
-        maps[dgr::NUM_CHANNELS + 3][l] = 1.0f - acc.T;
+        maps[dgr::NUM_CHANNELS + 3][l] = acc.alpha();
     }
     const int64_t W = a.frame.W, HW = a.frame.H * W;
     float* const map_out[NUM_MAPS] = {a.color,      a.color + HW, a.color + 2 * HW, a.importance,
@@ -1371,7 +1371,7 @@ std::vector<torch::Tensor> rasterize_forward_cpu(
     torch::Tensor out_importance = pooled_empty({H, W}, torch::kFloat32);
     torch::Tensor out_invdepth = pooled_empty({1, H, W}, torch::kFloat32);
     torch::Tensor final_T = pooled_empty({H, W}, torch::kFloat32);
-    torch::Tensor out_alpha = pooled_empty({1, H, W}, torch::kFloat32);  // (1 - final_T, written by the tiles)
+    torch::Tensor out_alpha = pooled_empty({1, H, W}, torch::kFloat32);  // (written by the tiles)
     torch::Tensor n_contrib = pooled_empty({H, W}, torch::kInt32);
     float* color_px = out_color.data_ptr<float>();
     float* importance_px = out_importance.data_ptr<float>();
