@@ -408,7 +408,9 @@ ScratchArray<int32_t> depth_order(const VisibleRuns& runs, int64_t& V) {
     const int64_t chunks = std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), n / 16384));
     const uint32_t range = n == 0 ? 0u : hi - lo;
     const int bits = range == 0 ? 0 : 32 - __builtin_clz(range);
-    constexpr int MAX_DIGIT = 11;
+    // (13: depth keys span ~25 bits, two passes of 8192 buckets rather than
+    // three of 512; the counts stay in L2: garden-x3's sort 1.4-3.4 -> 1.2 ms)
+    constexpr int MAX_DIGIT = 13;
     const int passes = (bits + MAX_DIGIT - 1) / MAX_DIGIT;
     const int digit_bits = passes == 0 ? 0 : (bits + passes - 1) / passes;
     const int64_t buckets = int64_t(1) << digit_bits;
