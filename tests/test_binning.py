@@ -1,0 +1,90 @@
+"""The CPU binning (the forward state's tile lists) against a plain reference.
+
+ALGORITHM.md: each tile's list holds the Gaussians whose tile rectangle
+contains it, front to back (ties by index); each Gaussian's entries, in slot
+order, are the tiles of its rectangle in row-major order. The C++ deals the
+entries to tile rows and then to tiles, in parts of the depth order that
+depend on the thread count, so the lists are also compared across thread
+counts, on a scene large enough to be split into several parts.
+"""
+import pytest
+import torch
+
+from reliability_support import identity_camera, recorded_kernel_calls, render
+
+# forward outputs: color, importance_map, radii, invdepth, alpha, then the
+# state (rasterize_points.h): means2D, depths, conic_opacity, colors,
+# tiles_touched, gaussian_offsets, tile_ranges, point_list, entry_slots, ...
+STATE = 5
+MEANS2D, DEPTHS, TILES_TOUCHED, OFFSETS, RANGES, POINTS, SLOTS = (STATE + k for k in (0, 1, 4, 5, 6, 7, 8))
+TILE = 16
+H, W = 150, 200  # 10 x 13 tiles, the last row and column partial
+
+
+def _scene(P: int, seed: int):
+    g = torch.Generator().manual_seed(seed)
+    z = 1 + 4 * torch.rand(P, 1, generator=g)
+    z[: P // 10] = 2.5  # equal depths: ties go by index
+    xy = (torch.rand(P, 2, generator=g) - 0.5) * 1.3 * z  # some beyond the image: clipped rectangles
+    scales = torch.exp(torch.empty(P, 3).uniform_(-6.0, -2.0, generator=g))  # under a tile to several tiles
+    quats = torch.nn.functional.normalize(torch.randn(P, 4, generator=g), dim=1)
+    return dict(means3D=torch.cat([xy, z], 1).contiguous(), means2D=torch.zeros(P, 3),
+                opacities=torch.rand(P, 1, generator=g), importances=None, shs=None,
+                colors_precomp=torch.rand(P, 3, generator=g), scales=scales, rotations=quats, cov3D_precomp=None)
+
+
+def _binning(inputs, threads: int):
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        with recorded_kernel_calls() as calls, torch.no_grad():
+            out = render(identity_camera(H, W), inputs)
+    finally:
+        torch.set_num_threads(before)
+    return out, calls["forward_results"][0]
+
+
+def _reference(radii, means2D, depths, offsets, gx, gy):
+    """(point_list, entry_slots, tile_ranges) from each Gaussian's tile rectangle."""
+    r = radii.float()
+    cx, cy = means2D[:, 0], means2D[:, 1]
+    # geometry.h tile_rect, in float32 as the kernels compute it
+    min_x = ((cx - r) / TILE).clamp(0, gx).int().long()
+    min_y = ((cy - r) / TILE).clamp(0, gy).int().long()
+    max_x = ((cx + r + TILE - 1) / TILE).clamp(0, gx).int().long()
+    max_y = ((cy + r + TILE - 1) / TILE).clamp(0, gy).int().long()
+    visible = (radii > 0) & (max_x > min_x) & (max_y > min_y)
+    index = torch.arange(radii.numel())
+    points, slots, ranges = [], [], [0]
+    for ty in range(gy):
+        for tx in range(gx):
+            here = visible & (min_x <= tx) & (tx < max_x) & (min_y <= ty) & (ty < max_y)
+            g = index[here]
+            g = g[torch.sort(depths[g], stable=True).indices]  # front to back, ties in index order
+            points.append(g)
+            slots.append(offsets[g] + (ty - min_y[g]) * (max_x[g] - min_x[g]) + (tx - min_x[g]))
+            ranges.append(ranges[-1] + g.numel())
+    return torch.cat(points).int(), torch.cat(slots), torch.tensor(ranges), (max_x - min_x) * (max_y - min_y) * visible
+
+
+@pytest.mark.parametrize("threads", [1, 2, 3])
+def test_tile_lists_match_the_reference(threads):
+    inputs = _scene(30000, seed=threads)
+    out, state = _binning(inputs, threads)
+    gx, gy = (W + TILE - 1) // TILE, (H + TILE - 1) // TILE
+    points, slots, ranges, area = _reference(out.radii, state[MEANS2D], state[DEPTHS], state[OFFSETS], gx, gy)
+    # (bin_gaussians splits the depth order in parts of at least 4096, two per thread)
+    assert (out.radii > 0).sum() > 3 * 4096, "the scene must be split into several parts"
+    assert torch.equal(state[TILES_TOUCHED].long(), area.long()), "the reference's rectangles differ from the kernel's"
+    assert torch.equal(state[RANGES], ranges), "tile_ranges"
+    assert torch.equal(state[POINTS], points), "point_list: Gaussians or their order within a tile"
+    assert torch.equal(state[SLOTS], slots), "entry_slots"
+
+
+def test_tile_lists_do_not_depend_on_the_thread_count():
+    inputs = _scene(30000, seed=7)
+    _, one = _binning(inputs, 1)
+    for threads in (2, 4):
+        _, many = _binning(inputs, threads)
+        for k in (RANGES, POINTS, SLOTS):
+            assert torch.equal(one[k], many[k]), f"state[{k}] differs between 1 and {threads} threads"
