@@ -1426,6 +1426,127 @@ void add_splat_grad(dgr::SplatGrad& acc, const dgr::SplatGrad& g) {
     for (int k = 0; k < dgr::SPLAT_GRAD_FLOATS; ++k) a[k] += b[k];
 }
 
+// The backward's pass 2 for a block of Gaussians, across them in SIMD lanes:
+// the projection and drawn_gaussian_backward for every lane, in the case of
+// colours given as colors_precomp and the covariance from scales and
+// rotations (antialiasing a constant, as in project_block). sums[j] is the
+// summed gradient of Gaussian first + j, and drawn[j] whether it touched a
+// tile and has finite attributes. Every row of the block is written;
+// visible[j] gets which ones hold gradients (the caller zeroes the others).
+// The summed gradients of a block of Gaussians, field by field (read across
+// the lanes: as an array of SplatGrad, 13 floats apart, GCC found the access
+// pattern too complicated).
+struct BlockGrads {
+    float field[dgr::SPLAT_GRAD_FLOATS][PREPROCESS_BLOCK];
+    DGR_INLINE dgr::SplatGrad lane(int j) const {
+        dgr::SplatGrad g;
+        g.mean[0] = field[0][j];
+        g.mean[1] = field[1][j];
+        for (int k = 0; k < 3; ++k) g.conic[k] = field[2 + k][j];
+        g.opacity = field[5][j];
+        for (int k = 0; k < dgr::NUM_FEATURES; ++k) g.feature[k] = field[6 + k][j];
+        return g;
+    }
+};
+
+template <bool ANTIALIASING>
+DGR_INLINE void backward_block(const dgr::GaussianInputs& in_ref, const dgr::Camera& cam_ref, const TileGrid& grid,
+                               int first, int n, const BlockGrads& sums, const int* drawn, int* visible,
+                               const dgr::GaussianGrads& out_ref) {
+    // local copies with the cases as constants (see project_block)
+    dgr::GaussianInputs in = in_ref;
+    in.cov3D_precomp = nullptr;
+    in.antialiasing = ANTIALIASING;
+#if defined(__GNUC__)
+    if (in.colors_precomp == nullptr) __builtin_unreachable();  // (the caller's case: folds the SH branch away)
+#endif
+    float view[16], projm[16];
+    std::copy_n(cam_ref.viewmatrix, 16, view);
+    std::copy_n(cam_ref.projmatrix, 16, projm);
+    dgr::Camera cam = cam_ref;
+    cam.viewmatrix = view;
+    cam.projmatrix = projm;
+    const dgr::GaussianGrads out = out_ref;
+    const int grid_x = grid.grid_x, grid_y = grid.grid_y;
+#pragma omp simd  // hot: must vectorise (AVX2 and up)
+    for (int j = 0; j < n; ++j) {
+        const int i = first + j;
+        const bool projected = dgr::gaussian_backward_unchecked(i, in, cam, grid_x, grid_y, sums.lane(j), out);
+        visible[j] = (drawn[j] != 0) & projected;
+    }
+}
+
+// The backward's pass 2 over Gaussians [begin, end): each one's entries
+// summed in slot order (deterministic for any thread count), then chained
+// back through the preprocess; zeros for the Gaussians not drawn (of the
+// given inputs only).
+struct Pass2Args {
+    dgr::GaussianInputs in;
+    dgr::Camera cam;
+    TileGrid grid;
+    const int* touched;
+    const int64_t* offsets;
+    const dgr::SplatGrad* slot_grads;
+    dgr::GaussianGrads out;
+    int64_t sh_rows;
+    bool vectorised;  // backward_block's case, and culling on (DGR_CPU_CULL=0: all scalar, for comparison)
+};
+
+DGR_MULTIVERSION void backward_preprocess_range(const Pass2Args& a, int64_t begin, int64_t end) {
+    const dgr::GaussianInputs& in = a.in;
+    const dgr::GaussianGrads& out = a.out;
+    BlockGrads sums;
+    int drawn[PREPROCESS_BLOCK], visible[PREPROCESS_BLOCK];
+    for (int64_t b = begin; b < end; b += PREPROCESS_BLOCK) {
+        const int n = int(std::min<int64_t>(PREPROCESS_BLOCK, end - b));
+        const int first = int(b);
+        // (blocks off screen or behind the camera, often whole ones, skip to the zeros)
+        bool any_touched = false;
+        for (int j = 0; j < n; ++j) {
+            visible[j] = 0;
+            any_touched = any_touched || a.touched[first + j] != 0;
+        }
+        bool any_drawn = false;
+        for (int j = 0; j < n && any_touched; ++j) {
+            const int64_t i = first + j;
+            dgr::SplatGrad sum;
+            std::memset(&sum, 0, sizeof(sum));
+            drawn[j] = 0;
+            if (a.touched[i] != 0)
+                for (int64_t k = a.offsets[i]; k < a.offsets[i + 1]; ++k) add_splat_grad(sum, a.slot_grads[k]);
+            const float* from = reinterpret_cast<const float*>(&sum);
+            for (int k = 0; k < dgr::SPLAT_GRAD_FLOATS; ++k) sums.field[k][j] = from[k];
+            if (a.touched[i] == 0) continue;
+            if (a.vectorised) {
+                drawn[j] = dgr::attributes_finite(in, int(i)) ? 1 : 0;
+                any_drawn = any_drawn || drawn[j] != 0;
+            } else {
+                visible[j] = dgr::preprocess_gaussian_backward(int(i), in, a.cam, a.grid.grid_x, a.grid.grid_y,
+                                                               sum, out);
+            }
+        }
+        if (any_drawn) {
+            if (in.antialiasing)
+                backward_block<true>(in, a.cam, a.grid, first, n, sums, drawn, visible, out);
+            else
+                backward_block<false>(in, a.cam, a.grid, first, n, sums, drawn, visible, out);
+        }
+        for (int j = 0; j < n; ++j) {
+            if (visible[j] != 0) continue;
+            const int64_t i = first + j;
+            std::fill_n(out.means3D + 3 * i, 3, 0.f);
+            std::fill_n(out.means2D + 3 * i, 3, 0.f);
+            out.opacities[i] = 0.f;
+            out.importances[i] = 0.f;
+            if (out.colors_precomp != nullptr) std::fill_n(out.colors_precomp + 3 * i, 3, 0.f);
+            if (out.shs != nullptr) std::fill_n(out.shs + 3 * a.sh_rows * i, 3 * a.sh_rows, 0.f);
+            if (out.cov3D_precomp != nullptr) std::fill_n(out.cov3D_precomp + 6 * i, 6, 0.f);
+            if (out.scales != nullptr) std::fill_n(out.scales + 3 * i, 3, 0.f);
+            if (out.rotations != nullptr) std::fill_n(out.rotations + 4 * i, 4, 0.f);
+        }
+    }
+}
+
 }  // namespace
 
 std::vector<torch::Tensor> rasterize_forward_cpu(
@@ -1639,35 +1760,10 @@ std::vector<torch::Tensor> rasterize_backward_cpu(
                                  written(cov3D_given, g_cov3D),
                                  written(!cov3D_given, g_scales),
                                  written(!cov3D_given, g_rotations)};
-    const int* touched = st.tiles_touched.data_ptr<int>();
+    Pass2Args pass2{in, cam, grid, st.tiles_touched.data_ptr<int>(), offsets, slot_grads.get(), out, sh_rows,
+                    colors_given && !cov3D_given && culling_enabled()};
     parallel_for_chunks(P, 2048, [&](int64_t begin, int64_t end) {  // (visible Gaussians cost more)
-        for (int64_t i = begin; i < end; ++i) {
-            bool visible = false;  // whether preprocess_gaussian_backward wrote this row
-            if (touched[i] != 0) {
-                dgr::SplatGrad sum;
-                std::memset(&sum, 0, sizeof(sum));
-                for (int64_t k = offsets[i]; k < offsets[i + 1]; ++k) add_splat_grad(sum, slot_grads[k]);
-                visible = dgr::preprocess_gaussian_backward(int(i), in, cam, grid.grid_x, grid.grid_y, sum, out);
-            }
-            if (!visible) {
-                std::fill_n(out.means3D + 3 * i, 3, 0.f);
-                std::fill_n(out.means2D + 3 * i, 3, 0.f);
-                out.opacities[i] = 0.f;
-                out.importances[i] = 0.f;
-            }
-            if (!visible) {  // (of the given inputs only)
-                if (colors_given)
-                    std::fill_n(out.colors_precomp + 3 * i, 3, 0.f);
-                else
-                    std::fill_n(out.shs + 3 * sh_rows * i, 3 * sh_rows, 0.f);
-                if (cov3D_given) {
-                    std::fill_n(out.cov3D_precomp + 6 * i, 6, 0.f);
-                } else {
-                    std::fill_n(out.scales + 3 * i, 3, 0.f);
-                    std::fill_n(out.rotations + 4 * i, 4, 0.f);
-                }
-            }
-        }
+        backward_preprocess_range(pass2, begin, end);
     });
     return {g_means3D, g_means2D, g_opacities, g_importances, g_colors, g_shs, g_cov3D, g_scales, g_rotations};
 }

@@ -98,8 +98,8 @@ RASTER_HD void covariance_3d(const glm::vec3& scale, float scale_modifier, const
 // rows t0, t1 of J W, so that cov2D = [t0; t1] Sigma [t0; t1]^T.
 struct EwaProjection {
     glm::vec3 t;        // view-space mean after the clamp
-    bool clamped_x;
-    bool clamped_y;
+    int clamped_x;  // (int, not bool: the CPU keeps a bool field of a struct in memory, unvectorised)
+    int clamped_y;
     float j00, j02, j11, j12;
     glm::vec3 t0, t1;
 };

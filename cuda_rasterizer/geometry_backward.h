@@ -63,12 +63,18 @@ RASTER_HD void covariance_2d_backward(const EwaProjection& e, const Camera& cam,
     const float ga = dL_dcov2d.x, gb = dL_dcov2d.y, gc = dL_dcov2d.z;
     const glm::vec3& t0 = e.t0;
     const glm::vec3& t1 = e.t1;
-    const int rows[6] = {0, 0, 0, 1, 1, 2}, cols[6] = {0, 1, 2, 1, 2, 2};
-    for (int k = 0; k < 6; ++k) {
-        const int i = rows[k], j = cols[k];
-        const float sym = ga * t0[i] * t0[j] + 0.5f * gb * (t0[i] * t1[j] + t0[j] * t1[i]) + gc * t1[i] * t1[j];
-        dL_dcov3D[k] = i == j ? sym : 2.f * sym;  // an off-diagonal entry appears twice in Sigma
-    }
+    // (written out, not a loop over a table of rows and columns: GCC kept
+    // that loop, and a loop inside stops the CPU's vectorisation across Gaussians)
+    auto sym = [&](int i, int j) {
+        return ga * t0[i] * t0[j] + 0.5f * gb * (t0[i] * t1[j] + t0[j] * t1[i]) + gc * t1[i] * t1[j];
+    };
+    // an off-diagonal entry appears twice in Sigma
+    dL_dcov3D[0] = sym(0, 0);
+    dL_dcov3D[1] = 2.f * sym(0, 1);
+    dL_dcov3D[2] = 2.f * sym(0, 2);
+    dL_dcov3D[3] = sym(1, 1);
+    dL_dcov3D[4] = 2.f * sym(1, 2);
+    dL_dcov3D[5] = sym(2, 2);
     const glm::vec3 s0 = sym3_mul(cov3D, t0);
     const glm::vec3 s1 = sym3_mul(cov3D, t1);
     const glm::vec3 dL_dt0 = 2.f * ga * s0 + gb * s1;

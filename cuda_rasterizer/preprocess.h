@@ -171,32 +171,22 @@ struct GaussianGrads {
     float* rotations;       // [P, 4]
 };
 
-// Chains one visible Gaussian's screen-space gradient (summed over its
-// pixels) back to its inputs, recomputing the forward quantities it needs.
-// Returns false, writing nothing, for a Gaussian the preprocess culls
-// (radius 0: behind the camera, a non-finite attribute, ...): its gradients
-// are zero whatever the upstream says, and the caller provides those zeros.
-// (The drivers call this only for Gaussians that touched a tile, so that
-// happens only if the inputs changed since the forward.)
-RASTER_HD bool preprocess_gaussian_backward(int idx, const GaussianInputs& in, const Camera& cam, int grid_x,
-                                            int grid_y, const SplatGrad& g, const GaussianGrads& out) {
-    const GaussianProjection p = project_gaussian(in, idx, cam, grid_x, grid_y);
-    if (!p.visible) return false;
+// The chain of preprocess_gaussian_backward for a Gaussian that is drawn (p:
+// its projection).
+RASTER_HD void drawn_gaussian_backward(int idx, const GaussianInputs& in, const Camera& cam,
+                                       const GaussianProjection& p, const SplatGrad& g, const GaussianGrads& out) {
+    // (the inputs are read before any gradient is written: the two might
+    // alias for all the compiler knows, and a read after a write keeps the
+    // CPU's loop across Gaussians from vectorising)
     const glm::vec3 mean = load_vec3(in.means3D, idx);
-    out.means2D[3 * idx] = g.mean[0];
-    out.means2D[3 * idx + 1] = g.mean[1];
-    out.means2D[3 * idx + 2] = 0.f;
-    out.opacities[idx] = g.opacity * p.opacity_scale;
-    out.importances[idx] = g.feature[FEATURE_IMPORTANCE];
+    const float opacity = in.opacities[idx];
+    const bool cov3D_given = in.cov3D_precomp != nullptr;
+    const glm::vec3 scale = cov3D_given ? glm::vec3(0.f) : load_vec3(in.scales, idx);
+    const glm::vec4 rot = cov3D_given ? glm::vec4(0.f) : load_vec4(in.rotations, idx);
 
     glm::vec3 dL_dmean = projection_backward(mean, cam.projmatrix, g.mean[0], g.mean[1]);
-
     const glm::vec3 dL_dcolor(g.feature[0], g.feature[1], g.feature[2]);
-    if (in.colors_precomp != nullptr) {
-        out.colors_precomp[3 * idx] = dL_dcolor.x;
-        out.colors_precomp[3 * idx + 1] = dL_dcolor.y;
-        out.colors_precomp[3 * idx + 2] = dL_dcolor.z;
-    } else {
+    if (in.colors_precomp == nullptr) {
         const float* sh = in.shs + 3 * in.sh_coeffs * idx;
         bool clamped[3];
         sh_to_color(in.sh_degree, sh, mean, cam.campos, clamped);
@@ -208,7 +198,7 @@ RASTER_HD bool preprocess_gaussian_backward(int idx, const GaussianInputs& in, c
 
     glm::vec3 dL_dcov2d = conic_backward(p.cov2d, glm::vec3(g.conic[0], g.conic[1], g.conic[2]));
     if (in.antialiasing)  // the pixels saw opacity * scale(cov2D)
-        dL_dcov2d += antialias_opacity_scale_backward(p.cov2d, g.opacity * in.opacities[idx]);
+        dL_dcov2d += antialias_opacity_scale_backward(p.cov2d, g.opacity * opacity);
     float dL_dcov3D[6];
     glm::vec3 dL_dt;
     covariance_2d_backward(p.ewa, cam, p.cov3D, dL_dcov2d, dL_dcov3D, dL_dt);
@@ -217,20 +207,56 @@ RASTER_HD bool preprocess_gaussian_backward(int idx, const GaussianInputs& in, c
     // t = W mean + translation
     dL_dmean += dL_dt.x * view_rotation_row(cam.viewmatrix, 0) + dL_dt.y * view_rotation_row(cam.viewmatrix, 1) +
                 dL_dt.z * view_rotation_row(cam.viewmatrix, 2);
+
+    out.means2D[3 * idx] = g.mean[0];
+    out.means2D[3 * idx + 1] = g.mean[1];
+    out.means2D[3 * idx + 2] = 0.f;
+    out.opacities[idx] = g.opacity * p.opacity_scale;
+    out.importances[idx] = g.feature[FEATURE_IMPORTANCE];
+    if (in.colors_precomp != nullptr) {
+        out.colors_precomp[3 * idx] = dL_dcolor.x;
+        out.colors_precomp[3 * idx + 1] = dL_dcolor.y;
+        out.colors_precomp[3 * idx + 2] = dL_dcolor.z;
+    }
     out.means3D[3 * idx] = dL_dmean.x;
     out.means3D[3 * idx + 1] = dL_dmean.y;
     out.means3D[3 * idx + 2] = dL_dmean.z;
-
-    if (in.cov3D_precomp != nullptr) {
+    if (cov3D_given) {
         for (int k = 0; k < 6; ++k) out.cov3D_precomp[6 * idx + k] = dL_dcov3D[k];
     } else {
         glm::vec3 dL_dscale;
         glm::vec4 dL_drot;
-        covariance_3d_backward(load_vec3(in.scales, idx), in.scale_modifier, load_vec4(in.rotations, idx), dL_dcov3D,
-                               dL_dscale, dL_drot);
+        covariance_3d_backward(scale, in.scale_modifier, rot, dL_dcov3D, dL_dscale, dL_drot);
         for (int k = 0; k < 3; ++k) out.scales[3 * idx + k] = dL_dscale[k];
         for (int k = 0; k < 4; ++k) out.rotations[4 * idx + k] = dL_drot[k];
     }
+}
+
+// project_geometry and drawn_gaussian_backward whether or not the Gaussian
+// is drawn (returns whether it is; if not, what it wrote is meaningless):
+// branch-free, for the CPU's loop across Gaussians in SIMD lanes. (One
+// function, so that the projection is its local, and g by value: a
+// variable of the loop passed by reference is kept in memory, a copy per
+// lane, and the loop left unvectorised.)
+RASTER_HD bool gaussian_backward_unchecked(int idx, const GaussianInputs& in, const Camera& cam, int grid_x,
+                                           int grid_y, SplatGrad g, const GaussianGrads& out) {
+    const GaussianProjection p = project_geometry(in, idx, cam, grid_x, grid_y);
+    drawn_gaussian_backward(idx, in, cam, p, g, out);
+    return p.visible;
+}
+
+// Chains one visible Gaussian's screen-space gradient (summed over its
+// pixels) back to its inputs, recomputing the forward quantities it needs.
+// Returns false, writing nothing, for a Gaussian the preprocess culls
+// (radius 0: behind the camera, a non-finite attribute, ...): its gradients
+// are zero whatever the upstream says, and the caller provides those zeros.
+// (The drivers call this only for Gaussians that touched a tile, so that
+// happens only if the inputs changed since the forward.)
+RASTER_HD bool preprocess_gaussian_backward(int idx, const GaussianInputs& in, const Camera& cam, int grid_x,
+                                            int grid_y, const SplatGrad& g, const GaussianGrads& out) {
+    const GaussianProjection p = project_gaussian(in, idx, cam, grid_x, grid_y);
+    if (!p.visible) return false;
+    drawn_gaussian_backward(idx, in, cam, p, g, out);
     return true;
 }
 

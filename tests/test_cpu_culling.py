@@ -3,8 +3,8 @@ cannot be blended there (dgr::splat_may_touch_rect: the largest alpha over
 the rectangle is below 1/255, with margins for float rounding), and its
 preprocess decides which Gaussians are culled in a vectorised pass. That must
 change nothing: with culling off (DGR_CPU_CULL=0, read at every call: no tile
-culling, the scalar preprocess) every output, statistic and gradient is the
-same bit for bit.
+culling, the scalar preprocess and the scalar pass 2 of the backward) every
+output, statistic and gradient is the same bit for bit.
 
 The scenes put many splats near the 1/255 threshold (faint, thin, large and
 tiny ones, antialiasing on) so that the culling decisions are close calls.
@@ -72,6 +72,11 @@ SCENES = [
     pytest.param(lambda: border_scene(6), id="border"),
     pytest.param(lambda: antialiased(border_scene(7)), id="border_antialiased"),
     pytest.param(lambda: nearest_first(border_scene(8)), id="border_nearest_first"),
+    # colors_precomp and antialiasing: the backward's vectorised pass 2, which
+    # skips the blocks with no Gaussian on screen
+    pytest.param(lambda: antialiased(nearest_first(random_scene(1500, 48, 72, seed=9, scale_range=(0.005, 1.5),
+                                                                offscreen_fraction=0.6, behind_fraction=0.25))),
+                 id="border_precomp_antialiased_nearest_first"),
 ]
 
 
