@@ -1427,17 +1427,27 @@ void add_splat_grad(dgr::SplatGrad& acc, const dgr::SplatGrad& g) {
 }
 
 // The backward's pass 2 for a block of Gaussians, across them in SIMD lanes:
-// the projection and drawn_gaussian_backward for every lane, in the case of
-// colours given as colors_precomp and the covariance from scales and
-// rotations (antialiasing a constant, as in project_block). sums[j] is the
-// summed gradient of Gaussian first + j, and drawn[j] whether it touched a
-// tile and has finite attributes. Every row of the block is written;
-// visible[j] gets which ones hold gradients (the caller zeroes the others).
+// the projection and drawn_gaussian_backward for every lane, in one case of
+// the colours (SH_DEGREE < 0: colors_precomp; otherwise spherical harmonics
+// of that degree with SH_COEFFS coefficients, read from sh_in[entry][lane],
+// their gradients written to sh_lanes[entry][lane]), with the covariance from scales and rotations and
+// antialiasing a constant (as in project_block). sums holds the summed
+// gradients of Gaussians first + j, drawn[j] whether one touched a tile and
+// has finite attributes. Every row of the block is written; visible[j] gets
+// which ones hold gradients (the caller zeroes the others).
+constexpr int SH_COEFFS = 16;  // what 3DGS training allocates: degree 3, whatever degree is active
+constexpr int SH_ENTRIES = 3 * SH_COEFFS;
+// The row length of the by-lane buffers: a block and a cache line more, so
+// that a lane's entries (one per row) do not all fall in the same few L1
+// sets, as they did 1,024 bytes apart (the SH buffers' transposition took
+// a third of pass 2).
+constexpr int LANE_ROW = PREPROCESS_BLOCK + 16;
+
 // The summed gradients of a block of Gaussians, field by field (read across
 // the lanes: as an array of SplatGrad, 13 floats apart, GCC found the access
 // pattern too complicated).
 struct BlockGrads {
-    float field[dgr::SPLAT_GRAD_FLOATS][PREPROCESS_BLOCK];
+    float field[dgr::SPLAT_GRAD_FLOATS][LANE_ROW];
     DGR_INLINE dgr::SplatGrad lane(int j) const {
         dgr::SplatGrad g;
         g.mean[0] = field[0][j];
@@ -1449,30 +1459,50 @@ struct BlockGrads {
     }
 };
 
-template <bool ANTIALIASING>
-DGR_INLINE void backward_block(const dgr::GaussianInputs& in_ref, const dgr::Camera& cam_ref, const TileGrid& grid,
-                               int first, int n, const BlockGrads& sums, const int* drawn, int* visible,
-                               const dgr::GaussianGrads& out_ref) {
+template <bool ANTIALIASING, int SH_DEGREE>
+DGR_INLINE void gaussians_backward_block(const dgr::GaussianInputs& in_ref, const dgr::Camera& cam_ref,
+                                         const TileGrid& grid, int first, int n, const BlockGrads& sums,
+                                         const int* drawn, int* visible, const dgr::GaussianGrads& out_ref,
+                                         const float (*sh_in)[LANE_ROW], float (*sh_lanes)[LANE_ROW]) {
     // local copies with the cases as constants (see project_block)
     dgr::GaussianInputs in = in_ref;
     in.cov3D_precomp = nullptr;
     in.antialiasing = ANTIALIASING;
+    dgr::GaussianGrads out = out_ref;
+    if constexpr (SH_DEGREE < 0) {
 #if defined(__GNUC__)
-    if (in.colors_precomp == nullptr) __builtin_unreachable();  // (the caller's case: folds the SH branch away)
+        if (in.colors_precomp == nullptr) __builtin_unreachable();  // (the caller's case: folds the SH branch away)
 #endif
+    } else {
+        in.colors_precomp = nullptr;
+        in.sh_degree = SH_DEGREE;
+        in.sh_coeffs = SH_COEFFS;
+        in.shs = sh_in[0];
+        in.sh_row_first = first;
+        in.sh_row_stride = 1;
+        in.sh_entry_stride = LANE_ROW;
+        out.shs = sh_lanes[0];
+        out.sh_row_first = first;
+        out.sh_row_stride = 1;
+        out.sh_entry_stride = LANE_ROW;
+    }
     float view[16], projm[16];
     std::copy_n(cam_ref.viewmatrix, 16, view);
     std::copy_n(cam_ref.projmatrix, 16, projm);
     dgr::Camera cam = cam_ref;
     cam.viewmatrix = view;
     cam.projmatrix = projm;
-    const dgr::GaussianGrads out = out_ref;
     const int grid_x = grid.grid_x, grid_y = grid.grid_y;
 #pragma omp simd  // hot: must vectorise (AVX2 and up)
     for (int j = 0; j < n; ++j) {
         const int i = first + j;
         const bool projected = dgr::gaussian_backward_unchecked(i, in, cam, grid_x, grid_y, sums.lane(j), out);
         visible[j] = (drawn[j] != 0) & projected;
+    }
+    if constexpr (SH_DEGREE >= 0) {  // the visible lanes' shs gradients into their rows
+        for (int j = 0; j < n; ++j)
+            if (visible[j] != 0)
+                for (int e = 0; e < SH_ENTRIES; ++e) out_ref.shs[int64_t(first + j) * SH_ENTRIES + e] = sh_lanes[e][j];
     }
 }
 
@@ -1489,13 +1519,38 @@ struct Pass2Args {
     const dgr::SplatGrad* slot_grads;
     dgr::GaussianGrads out;
     int64_t sh_rows;
-    bool vectorised;  // backward_block's case, and culling on (DGR_CPU_CULL=0: all scalar, for comparison)
+    // gaussians_backward_block's SH_DEGREE (-1: colors_precomp), or
+    // kScalarPass2: the case has no vectorised version (cov3D_precomp, SH
+    // stored with another number of coefficients), or culling is off
+    // (DGR_CPU_CULL=0: all scalar, which the tests compare with)
+    int colour_case;
+    static constexpr int kScalarPass2 = -2;
 };
+
+template <bool ANTIALIASING>
+DGR_INLINE void gaussians_backward_case(const Pass2Args& a, int first, int n, const BlockGrads& sums,
+                                        const int* drawn, int* visible, const float (*sh_in)[LANE_ROW],
+                                        float (*sh_lanes)[LANE_ROW]) {
+    auto run = [&](auto degree) {
+        gaussians_backward_block<ANTIALIASING, decltype(degree)::value>(a.in, a.cam, a.grid, first, n, sums, drawn,
+                                                                      visible, a.out, sh_in, sh_lanes);
+    };
+    switch (a.colour_case) {
+        case -1: run(std::integral_constant<int, -1>()); break;
+        case 0: run(std::integral_constant<int, 0>()); break;
+        case 1: run(std::integral_constant<int, 1>()); break;
+        case 2: run(std::integral_constant<int, 2>()); break;
+        default: run(std::integral_constant<int, 3>()); break;
+    }
+}
 
 DGR_MULTIVERSION void backward_preprocess_range(const Pass2Args& a, int64_t begin, int64_t end) {
     const dgr::GaussianInputs& in = a.in;
     const dgr::GaussianGrads& out = a.out;
+    const bool vectorised = a.colour_case != Pass2Args::kScalarPass2;
     BlockGrads sums;
+    float sh_in[SH_ENTRIES][LANE_ROW];  // (the SH cases: the coefficients and their gradients, by lane)
+    float sh_lanes[SH_ENTRIES][LANE_ROW];
     int drawn[PREPROCESS_BLOCK], visible[PREPROCESS_BLOCK];
     for (int64_t b = begin; b < end; b += PREPROCESS_BLOCK) {
         const int n = int(std::min<int64_t>(PREPROCESS_BLOCK, end - b));
@@ -1516,20 +1571,21 @@ DGR_MULTIVERSION void backward_preprocess_range(const Pass2Args& a, int64_t begi
                 for (int64_t k = a.offsets[i]; k < a.offsets[i + 1]; ++k) add_splat_grad(sum, a.slot_grads[k]);
             const float* from = reinterpret_cast<const float*>(&sum);
             for (int k = 0; k < dgr::SPLAT_GRAD_FLOATS; ++k) sums.field[k][j] = from[k];
-            if (a.touched[i] == 0) continue;
-            if (a.vectorised) {
+            if (vectorised && a.touched[i] != 0) {
                 drawn[j] = dgr::attributes_finite(in, int(i)) ? 1 : 0;
                 any_drawn = any_drawn || drawn[j] != 0;
-            } else {
+            }
+            if (a.colour_case >= 0)  // (the lanes not drawn: zeros, any finite value would do)
+                for (int e = 0; e < SH_ENTRIES; ++e) sh_in[e][j] = drawn[j] != 0 ? in.shs[i * SH_ENTRIES + e] : 0.f;
+            if (!vectorised && a.touched[i] != 0)
                 visible[j] = dgr::preprocess_gaussian_backward(int(i), in, a.cam, a.grid.grid_x, a.grid.grid_y,
                                                                sum, out);
-            }
         }
         if (any_drawn) {
             if (in.antialiasing)
-                backward_block<true>(in, a.cam, a.grid, first, n, sums, drawn, visible, out);
+                gaussians_backward_case<true>(a, first, n, sums, drawn, visible, sh_in, sh_lanes);
             else
-                backward_block<false>(in, a.cam, a.grid, first, n, sums, drawn, visible, out);
+                gaussians_backward_case<false>(a, first, n, sums, drawn, visible, sh_in, sh_lanes);
         }
         for (int j = 0; j < n; ++j) {
             if (visible[j] != 0) continue;
@@ -1760,8 +1816,15 @@ std::vector<torch::Tensor> rasterize_backward_cpu(
                                  written(cov3D_given, g_cov3D),
                                  written(!cov3D_given, g_scales),
                                  written(!cov3D_given, g_rotations)};
-    Pass2Args pass2{in, cam, grid, st.tiles_touched.data_ptr<int>(), offsets, slot_grads.get(), out, sh_rows,
-                    colors_given && !cov3D_given && culling_enabled()};
+    int colour_case = Pass2Args::kScalarPass2;
+    if (!cov3D_given && culling_enabled()) {
+        if (colors_given)
+            colour_case = -1;
+        else if (in.sh_coeffs == SH_COEFFS && in.sh_degree >= 0 && in.sh_degree <= 3)
+            colour_case = in.sh_degree;
+    }
+    const Pass2Args pass2{in,     cam,      grid,   st.tiles_touched.data_ptr<int>(), offsets, slot_grads.get(),
+                          out,    sh_rows,  colour_case};
     parallel_for_chunks(P, 2048, [&](int64_t begin, int64_t end) {  // (visible Gaussians cost more)
         backward_preprocess_range(pass2, begin, end);
     });

@@ -64,13 +64,13 @@ RASTER_HD int sh_coefficient_count(int degree) { return (degree + 1) * (degree +
 // Colour = sum_k Y_k(dir) sh_k + 0.5, clamped at 0 from below; `clamped`
 // remembers which channels the clamp hit (their gradient is zero).
 RASTER_HD glm::vec3 sh_to_color(int degree, const float* sh, const glm::vec3& mean, const glm::vec3& campos,
-                                bool clamped[3]) {
+                                bool clamped[3], int sh_stride = 1) {
     const glm::vec3 d = glm::normalize(mean - campos);
     ShBasis b;
     sh_basis(degree, d, b, false);
     glm::vec3 c(0.f);
     for (int k = 0; k < sh_coefficient_count(degree); ++k)
-        c += b.y[k] * glm::vec3(sh[3 * k], sh[3 * k + 1], sh[3 * k + 2]);
+        c += b.y[k] * glm::vec3(sh[(3 * k) * sh_stride], sh[(3 * k + 1) * sh_stride], sh[(3 * k + 2) * sh_stride]);
     c += 0.5f;
     clamped[0] = c.x < 0.f; clamped[1] = c.y < 0.f; clamped[2] = c.z < 0.f;
     return glm::max(c, glm::vec3(0.f));
@@ -79,8 +79,12 @@ RASTER_HD glm::vec3 sh_to_color(int degree, const float* sh, const glm::vec3& me
 // Given dL/dcolour with the clamped channels already zeroed: writes
 // dL/dsh (all M coefficients, zero beyond the degree) and returns the
 // gradient the colour passes to the Gaussian's mean through the direction.
-RASTER_HD glm::vec3 sh_to_color_backward(int degree, int num_coeffs, const float* sh, const glm::vec3& mean,
-                                         const glm::vec3& campos, const glm::vec3& dL_dcolor, float* dL_dsh) {
+// The coefficients are read sh_stride floats apart and their gradients
+// written dL_dsh_stride apart (1 and 1 for a Gaussian's row of the tensors;
+// the CPU's vectorised pass 2 uses buffers with an entry per lane).
+RASTER_HD glm::vec3 sh_to_color_backward(int degree, int num_coeffs, const float* sh, int sh_stride,
+                                         const glm::vec3& mean, const glm::vec3& campos, const glm::vec3& dL_dcolor,
+                                         float* dL_dsh, int dL_dsh_stride) {
     const glm::vec3 v = mean - campos;
     const float inv_len = 1.0f / glm::length(v);
     const glm::vec3 d = v * inv_len;
@@ -90,12 +94,13 @@ RASTER_HD glm::vec3 sh_to_color_backward(int degree, int num_coeffs, const float
     const int used = sh_coefficient_count(degree);
     for (int k = 0; k < num_coeffs; ++k) {
         const float w = k < used ? b.y[k] : 0.f;
-        dL_dsh[3 * k] = w * dL_dcolor.x;
-        dL_dsh[3 * k + 1] = w * dL_dcolor.y;
-        dL_dsh[3 * k + 2] = w * dL_dcolor.z;
+        dL_dsh[(3 * k) * dL_dsh_stride] = w * dL_dcolor.x;
+        dL_dsh[(3 * k + 1) * dL_dsh_stride] = w * dL_dcolor.y;
+        dL_dsh[(3 * k + 2) * dL_dsh_stride] = w * dL_dcolor.z;
     }
     for (int k = 1; k < used; ++k) {
-        const float g = sh[3 * k] * dL_dcolor.x + sh[3 * k + 1] * dL_dcolor.y + sh[3 * k + 2] * dL_dcolor.z;
+        const float g = sh[(3 * k) * sh_stride] * dL_dcolor.x + sh[(3 * k + 1) * sh_stride] * dL_dcolor.y +
+                        sh[(3 * k + 2) * sh_stride] * dL_dcolor.z;
         dL_ddir += g * glm::vec3(b.dx[k], b.dy[k], b.dz[k]);
     }
     // d = v / |v|: dd/dv = (I - d d^T) / |v|

@@ -58,6 +58,10 @@ def nearest_first(scene):
     return scene._replace(inputs=inputs)
 
 
+def active_degree(scene, degree):
+    return scene._replace(settings=scene.settings._replace(sh_degree=degree))
+
+
 def antialiased(scene):
     return scene._replace(settings=scene.settings._replace(antialiasing=True))
 
@@ -77,6 +81,11 @@ SCENES = [
     pytest.param(lambda: antialiased(nearest_first(random_scene(1500, 48, 72, seed=9, scale_range=(0.005, 1.5),
                                                                 offscreen_fraction=0.6, behind_fraction=0.25))),
                  id="border_precomp_antialiased_nearest_first"),
+    # spherical harmonics with 16 coefficients (vectorised pass 2): degree 3,
+    # and degree 1 of 16 stored (training's active degree before it reaches 3)
+    pytest.param(lambda: antialiased(random_scene(400, 50, 70, seed=10, sh_degree=3, offscreen_fraction=0.4)),
+                 id="sh3_antialiased"),
+    pytest.param(lambda: active_degree(random_scene(400, 50, 70, seed=11, sh_degree=3), 1), id="sh16_degree1"),
 ]
 
 
