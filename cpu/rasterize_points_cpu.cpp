@@ -927,21 +927,33 @@ struct ProjectedBlock {
 
 // Pass 1 for a block, compiled per case of antialiasing (a branch on it,
 // even an invariant one, keeps GCC from vectorising).
+// The camera with its matrices copied into this object, a local of the
+// caller's: the stores of a loop across Gaussians could alias the caller's
+// matrices, which would keep GCC from hoisting their loads.
+struct LocalCamera {
+    float view[16], projm[16];
+    dgr::Camera cam;
+    explicit LocalCamera(const dgr::Camera& c) : cam(c) {
+        std::copy_n(c.viewmatrix, 16, view);
+        std::copy_n(c.projmatrix, 16, projm);
+        cam.viewmatrix = view;
+        cam.projmatrix = projm;
+    }
+    LocalCamera(const LocalCamera&) = delete;  // (cam points into this object)
+    LocalCamera& operator=(const LocalCamera&) = delete;
+};
+
 template <bool ANTIALIASING>
 DGR_INLINE void project_block(const dgr::GaussianInputs& in_ref, const dgr::Camera& cam_ref, const TileGrid& grid,
                               int first, int n, ProjectedBlock& out) {
     // Local copies, with the cases as constants: the loop's stores could
-    // alias the matrices and the pointers' homes, which would keep GCC from
-    // hoisting their loads.
+    // alias the pointers' homes, which would keep GCC from hoisting their
+    // loads (and the camera: LocalCamera).
     dgr::GaussianInputs in = in_ref;
     in.cov3D_precomp = nullptr;  // (the caller's case)
     in.antialiasing = ANTIALIASING;
-    float view[16], projm[16];
-    std::copy_n(cam_ref.viewmatrix, 16, view);
-    std::copy_n(cam_ref.projmatrix, 16, projm);
-    dgr::Camera cam = cam_ref;
-    cam.viewmatrix = view;
-    cam.projmatrix = projm;
+    const LocalCamera local(cam_ref);
+    const dgr::Camera& cam = local.cam;
     const int grid_x = grid.grid_x, grid_y = grid.grid_y;
 #pragma omp simd  // hot: must vectorise (AVX2 and up)
     for (int j = 0; j < n; ++j) {
@@ -1486,12 +1498,8 @@ DGR_INLINE void gaussians_backward_block(const dgr::GaussianInputs& in_ref, cons
         out.sh_row_stride = 1;
         out.sh_entry_stride = LANE_ROW;
     }
-    float view[16], projm[16];
-    std::copy_n(cam_ref.viewmatrix, 16, view);
-    std::copy_n(cam_ref.projmatrix, 16, projm);
-    dgr::Camera cam = cam_ref;
-    cam.viewmatrix = view;
-    cam.projmatrix = projm;
+    const LocalCamera local(cam_ref);
+    const dgr::Camera& cam = local.cam;
     const int grid_x = grid.grid_x, grid_y = grid.grid_y;
 #pragma omp simd  // hot: must vectorise (AVX2 and up)
     for (int j = 0; j < n; ++j) {
