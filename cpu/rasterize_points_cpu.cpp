@@ -270,19 +270,17 @@ TileGrid make_grid(int64_t height, int64_t width) {
     return TileGrid{int((width + TILE_X - 1) / TILE_X), int((height + TILE_Y - 1) / TILE_Y)};
 }
 
-// A stable counting sort in `chunks` consecutive parts of items [0, n), one
-// part per task on the threads: for_each_bucket(i, f) calls f(bucket) for
-// each bucket item i goes to, in order (the depth sort: one digit; the
-// binning: every tile of a Gaussian), and place(i) returns what is then
-// called with the position of each of item i's buckets in turn (a callable
-// made per item, so that what it writes cannot alias what it read). Each part counts its buckets, the
-// cursors run bucket by bucket and part by part, and each part places its
-// items from its own cursors: the order within a bucket is the items' order
-// for any number of parts. bucket_starts ([buckets + 1], or null) gets where
-// each bucket starts.
-template <typename ForEachBucket, typename Place>
-void counting_sort_in_chunks(int64_t n, int64_t chunks, int64_t buckets, const ForEachBucket& for_each_bucket,
-                             const Place& place, int64_t* bucket_starts) {
+// A stable counting sort (one digit of the depth sort) in `chunks`
+// consecutive parts of items [0, n), one part per task on the threads:
+// bucket_of(i) is item i's bucket, and place(i) returns what is then called
+// with item i's position (a callable made per item, so that what it writes
+// cannot alias what it read). Each part counts its buckets, the cursors run
+// bucket by bucket and part by part, and each part places its items from its
+// own cursors: the order within a bucket is the items' order for any number
+// of parts.
+template <typename BucketOf, typename Place>
+void counting_sort_in_chunks(int64_t n, int64_t chunks, int64_t buckets, const BucketOf& bucket_of,
+                             const Place& place) {
     std::vector<int64_t> cursor(size_t(chunks * buckets), 0);
     // (the loops take their bounds in locals: computed in the loop condition,
     // the division was redone per item, its operands reloaded after every
@@ -292,26 +290,24 @@ void counting_sort_in_chunks(int64_t n, int64_t chunks, int64_t buckets, const F
         for (int64_t c = c0; c < c1; ++c) {
             int64_t* count = cursor.data() + c * buckets;
             const int64_t begin = part(c), end = part(c + 1);
-            for (int64_t i = begin; i < end; ++i) for_each_bucket(i, [count](int64_t d) { ++count[d]; });
+            for (int64_t i = begin; i < end; ++i) ++count[bucket_of(i)];
         }
     });
     int64_t total = 0;
     for (int64_t d = 0; d < buckets; ++d) {
-        if (bucket_starts != nullptr) bucket_starts[d] = total;
         for (int64_t c = 0; c < chunks; ++c) {
             const int64_t k = cursor[size_t(c * buckets + d)];
             cursor[size_t(c * buckets + d)] = total;
             total += k;
         }
     }
-    if (bucket_starts != nullptr) bucket_starts[buckets] = total;
     at::parallel_for(0, chunks, 1, [&](int64_t c0, int64_t c1) {
         for (int64_t c = c0; c < c1; ++c) {
             int64_t* next = cursor.data() + c * buckets;
             const int64_t begin = part(c), end = part(c + 1);
             for (int64_t i = begin; i < end; ++i) {
                 auto put = place(i);
-                for_each_bucket(i, [&put, next](int64_t d) { put(next[d]++); });
+                put(next[bucket_of(i)]++);
             }
         }
     });
@@ -418,8 +414,8 @@ ScratchArray<int32_t> depth_order(const VisibleRuns& runs, int64_t& V) {
         const int shift = pass * digit_bits;
         const uint32_t mask = uint32_t(buckets - 1);
         counting_sort_in_chunks(
-            n, chunks, buckets, [&](int64_t i, auto&& f) { f(((uint32_t(a[i] >> 32) - lo) >> shift) & mask); },
-            [&](int64_t i) { return [item = a[i], b](int64_t to) { b[to] = item; }; }, nullptr);
+            n, chunks, buckets, [&](int64_t i) { return ((uint32_t(a[i] >> 32) - lo) >> shift) & mask; },
+            [&](int64_t i) { return [item = a[i], b](int64_t to) { b[to] = item; }; });
         std::swap(a, b);
     }
     ScratchArray<int32_t> order(n, "bin_gaussians: depth order", false);
@@ -925,8 +921,6 @@ struct ProjectedBlock {
     int candidate[PREPROCESS_BLOCK];  // (int: a bool array would force 64 lanes)
 };
 
-// Pass 1 for a block, compiled per case of antialiasing (a branch on it,
-// even an invariant one, keeps GCC from vectorising).
 // The camera with its matrices copied into this object, a local of the
 // caller's: the stores of a loop across Gaussians could alias the caller's
 // matrices, which would keep GCC from hoisting their loads.
@@ -943,6 +937,8 @@ struct LocalCamera {
     LocalCamera& operator=(const LocalCamera&) = delete;
 };
 
+// Pass 1 for a block, compiled per case of antialiasing (a branch on it,
+// even an invariant one, keeps GCC from vectorising).
 template <bool ANTIALIASING>
 DGR_INLINE void project_block(const dgr::GaussianInputs& in_ref, const dgr::Camera& cam_ref, const TileGrid& grid,
                               int first, int n, ProjectedBlock& out) {
@@ -1438,15 +1434,6 @@ void add_splat_grad(dgr::SplatGrad& acc, const dgr::SplatGrad& g) {
     for (int k = 0; k < dgr::SPLAT_GRAD_FLOATS; ++k) a[k] += b[k];
 }
 
-// The backward's pass 2 for a block of Gaussians, across them in SIMD lanes:
-// the projection and drawn_gaussian_backward for every lane, in one case of
-// the colours (SH_DEGREE < 0: colors_precomp; otherwise spherical harmonics
-// of that degree with SH_COEFFS coefficients, read from sh_in[entry][lane],
-// their gradients written to sh_lanes[entry][lane]), with the covariance from scales and rotations and
-// antialiasing a constant (as in project_block). sums holds the summed
-// gradients of Gaussians first + j, drawn[j] whether one touched a tile and
-// has finite attributes. Every row of the block is written; visible[j] gets
-// which ones hold gradients (the caller zeroes the others).
 constexpr int SH_COEFFS = 16;  // what 3DGS training allocates: degree 3, whatever degree is active
 constexpr int SH_ENTRIES = 3 * SH_COEFFS;
 // The row length of the by-lane buffers: a block and a cache line more, so
@@ -1471,6 +1458,16 @@ struct BlockGrads {
     }
 };
 
+// The backward's pass 2 for a block of Gaussians, across them in SIMD lanes:
+// the projection and drawn_gaussian_backward for every lane, in one case of
+// the colours (SH_DEGREE < 0: colors_precomp; otherwise spherical harmonics
+// of that degree with SH_COEFFS coefficients, read from sh_in[entry][lane],
+// their gradients written to sh_lanes[entry][lane]), with the covariance
+// from scales and rotations and antialiasing a constant (as in
+// project_block). sums holds the summed gradients of Gaussians first + j,
+// drawn[j] whether one touched a tile and has finite attributes. Every row
+// of the block is written; visible[j] gets which ones hold gradients (the
+// caller zeroes the others).
 template <bool ANTIALIASING, int SH_DEGREE>
 DGR_INLINE void gaussians_backward_block(const dgr::GaussianInputs& in_ref, const dgr::Camera& cam_ref,
                                          const TileGrid& grid, int first, int n, const BlockGrads& sums,
@@ -1489,14 +1486,11 @@ DGR_INLINE void gaussians_backward_block(const dgr::GaussianInputs& in_ref, cons
         in.colors_precomp = nullptr;
         in.sh_degree = SH_DEGREE;
         in.sh_coeffs = SH_COEFFS;
+        const dgr::ShLayout by_lane{first, 1, LANE_ROW};  // entry e of Gaussian first + j: [e][j]
         in.shs = sh_in[0];
-        in.sh_row_first = first;
-        in.sh_row_stride = 1;
-        in.sh_entry_stride = LANE_ROW;
+        in.sh_layout = by_lane;
         out.shs = sh_lanes[0];
-        out.sh_row_first = first;
-        out.sh_row_stride = 1;
-        out.sh_entry_stride = LANE_ROW;
+        out.sh_layout = by_lane;
     }
     const LocalCamera local(cam_ref);
     const dgr::Camera& cam = local.cam;
@@ -1514,10 +1508,7 @@ DGR_INLINE void gaussians_backward_block(const dgr::GaussianInputs& in_ref, cons
     }
 }
 
-// The backward's pass 2 over Gaussians [begin, end): each one's entries
-// summed in slot order (deterministic for any thread count), then chained
-// back through the preprocess; zeros for the Gaussians not drawn (of the
-// given inputs only).
+// What backward_preprocess_range reads.
 struct Pass2Args {
     dgr::GaussianInputs in;
     dgr::Camera cam;
@@ -1552,6 +1543,10 @@ DGR_INLINE void gaussians_backward_case(const Pass2Args& a, int first, int n, co
     }
 }
 
+// The backward's pass 2 over Gaussians [begin, end): each one's entries
+// summed in slot order (deterministic for any thread count), then chained
+// back through the preprocess; zeros for the Gaussians not drawn (of the
+// given inputs only).
 DGR_MULTIVERSION void backward_preprocess_range(const Pass2Args& a, int64_t begin, int64_t end) {
     const dgr::GaussianInputs& in = a.in;
     const dgr::GaussianGrads& out = a.out;

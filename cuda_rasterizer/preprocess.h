@@ -10,6 +10,21 @@
 
 namespace dgr {
 
+// Where the SH entries of Gaussian idx lie in an array of them: its row
+// starts at (idx - row_first) * row_stride (0: 3 * sh_coeffs, a
+// [P, sh_coeffs, 3] tensor) and its entries are entry_stride apart. The
+// CPU's vectorised pass 2 points shs and their gradients at buffers with an
+// entry per lane.
+struct ShLayout {
+    int row_first = 0;
+    int row_stride = 0;
+    int entry_stride = 1;
+    template <typename T>
+    RASTER_HD T* row(T* base, int idx, int sh_coeffs) const {
+        return base + (idx - row_first) * (row_stride != 0 ? row_stride : 3 * sh_coeffs);
+    }
+};
+
 // Per-Gaussian inputs; pointers the caller did not give are null.
 struct GaussianInputs {
     const float* means3D;         // [P, 3]
@@ -24,13 +39,7 @@ struct GaussianInputs {
     int sh_degree;
     float scale_modifier;
     bool antialiasing;            // scale opacity by antialias_opacity_scale
-    // Where drawn_gaussian_backward reads the coefficients of Gaussian idx:
-    // from shs + (idx - sh_row_first) * sh_row_stride (0: 3 * sh_coeffs, the
-    // [P, sh_coeffs, 3] tensor), entries sh_entry_stride apart. The CPU's
-    // vectorised pass 2 points these at a buffer with an entry per lane.
-    int sh_row_first = 0;
-    int sh_row_stride = 0;
-    int sh_entry_stride = 1;
+    ShLayout sh_layout;           // of shs, where drawn_gaussian_backward reads them
 };
 
 // What the preprocess writes per Gaussian. Invisible Gaussians get radius 0
@@ -176,13 +185,7 @@ struct GaussianGrads {
     float* cov3D_precomp;   // [P, 6]
     float* scales;          // [P, 3]
     float* rotations;       // [P, 4]
-    // Where the shs gradient of Gaussian idx goes: its row starts at
-    // shs + (idx - sh_row_first) * sh_row_stride (0: 3 * sh_coeffs, a
-    // [P, sh_coeffs, 3] tensor) and its entries are sh_entry_stride apart.
-    // The CPU's vectorised pass 2 points these at a buffer an entry per lane.
-    int sh_row_first = 0;
-    int sh_row_stride = 0;
-    int sh_entry_stride = 1;
+    ShLayout sh_layout;     // of shs
 };
 
 // The chain of preprocess_gaussian_backward for a Gaussian that is drawn (p:
@@ -201,16 +204,14 @@ RASTER_HD void drawn_gaussian_backward(int idx, const GaussianInputs& in, const 
     glm::vec3 dL_dmean = projection_backward(mean, cam.projmatrix, g.mean[0], g.mean[1]);
     const glm::vec3 dL_dcolor(g.feature[0], g.feature[1], g.feature[2]);
     if (in.colors_precomp == nullptr) {
-        const float* sh =
-            in.shs + (idx - in.sh_row_first) * (in.sh_row_stride != 0 ? in.sh_row_stride : 3 * in.sh_coeffs);
+        const float* sh = in.sh_layout.row(in.shs, idx, in.sh_coeffs);
         bool clamped[3];
-        sh_to_color(in.sh_degree, sh, mean, cam.campos, clamped, in.sh_entry_stride);
+        sh_to_color(in.sh_degree, sh, mean, cam.campos, clamped, in.sh_layout.entry_stride);
         const glm::vec3 masked(clamped[0] ? 0.f : dL_dcolor.x, clamped[1] ? 0.f : dL_dcolor.y,
                                clamped[2] ? 0.f : dL_dcolor.z);
-        float* dL_dsh =
-            out.shs + (idx - out.sh_row_first) * (out.sh_row_stride != 0 ? out.sh_row_stride : 3 * in.sh_coeffs);
-        dL_dmean += sh_to_color_backward(in.sh_degree, in.sh_coeffs, sh, in.sh_entry_stride, mean, cam.campos, masked,
-                                         dL_dsh, out.sh_entry_stride);
+        dL_dmean += sh_to_color_backward(in.sh_degree, in.sh_coeffs, sh, in.sh_layout.entry_stride, mean, cam.campos,
+                                         masked, out.sh_layout.row(out.shs, idx, in.sh_coeffs),
+                                         out.sh_layout.entry_stride);
     }
 
     glm::vec3 dL_dcov2d = conic_backward(p.cov2d, glm::vec3(g.conic[0], g.conic[1], g.conic[2]));
