@@ -911,6 +911,25 @@ void check_entry_slots_permutation(const int64_t* entry_slots, int64_t num_entri
 // DGR_CPU_CULL=0, so that tests/test_cpu_culling.py compares the two).
 constexpr int PREPROCESS_BLOCK = 256;
 
+// Spherical harmonics run vectorised (in the forward's preprocess and the
+// backward's pass 2) when stored SH_COEFFS to a Gaussian, what 3DGS
+// training allocates (degree 3, whatever degree is active), at degrees 0-3,
+// read through by-lane buffers: a row per coefficient entry, a lane per
+// Gaussian of the block.
+constexpr int SH_COEFFS = 16;
+constexpr int SH_ENTRIES = 3 * SH_COEFFS;
+// The row length of the by-lane buffers: a block and a cache line more, so
+// that a lane's entries (one per row) do not all fall in the same few L1
+// sets, as they did 1,024 bytes apart (the SH buffers' transposition took
+// a third of pass 2).
+constexpr int LANE_ROW = PREPROCESS_BLOCK + 16;
+
+// The active SH degree when the inputs' SH run vectorised, else -1.
+int vectorised_sh_degree(const dgr::GaussianInputs& in) {
+    const bool sh = in.colors_precomp == nullptr && in.cov3D_precomp == nullptr;
+    return sh && in.sh_coeffs == SH_COEFFS && in.sh_degree >= 0 && in.sh_degree <= 3 ? in.sh_degree : -1;
+}
+
 // Pass 1's results for a block, one array per field.
 struct ProjectedBlock {
     float radius[PREPROCESS_BLOCK];
@@ -971,6 +990,50 @@ DGR_INLINE void project_block(const dgr::GaussianInputs& in_ref, const dgr::Came
     }
 }
 
+// The colours of a block's candidates (block positions candidates[0, count))
+// from spherical harmonics of degree SH_DEGREE (vectorised_sh_degree),
+// vectorised across them: their coefficients and means are copied into the
+// by-lane buffer `sh` and `means` in candidate order (so that every lane
+// evaluated is a candidate), then sh_color runs on those copies. colors[c]
+// is candidate c's, gaussian_color's bit for bit.
+struct ShScratch {
+    float sh[SH_ENTRIES][LANE_ROW];
+    float means[3 * PREPROCESS_BLOCK];
+    float colors[3][PREPROCESS_BLOCK];
+};
+template <int SH_DEGREE>
+DGR_INLINE void candidate_sh_colors(const dgr::GaussianInputs& in_ref, const dgr::Camera& cam_ref, int first,
+                                    const int32_t* candidates, int count, ShScratch& out) {
+    constexpr int USED = 3 * (SH_DEGREE + 1) * (SH_DEGREE + 1);  // the entries this degree reads
+    constexpr int AHEAD = 4;  // (the rows of candidates ahead prefetched: they are scattered, and read once)
+    for (int c = 0; c < count; ++c) {
+        if (c + AHEAD < count) {
+            const char* ahead = reinterpret_cast<const char*>(in_ref.shs + (first + candidates[c + AHEAD]) * int64_t(SH_ENTRIES));
+            for (int byte = 0; byte < USED * int(sizeof(float)); byte += 64) __builtin_prefetch(ahead + byte);
+        }
+        const int64_t i = first + candidates[c];
+        const float* row = in_ref.shs + i * SH_ENTRIES;
+        for (int e = 0; e < USED; ++e) out.sh[e][c] = row[e];
+        for (int k = 0; k < 3; ++k) out.means[3 * c + k] = in_ref.means3D[3 * i + k];
+    }
+    dgr::GaussianInputs in = in_ref;  // (local, with the case as constants: see project_block)
+    in.colors_precomp = nullptr;
+    in.sh_degree = SH_DEGREE;
+    in.sh_coeffs = SH_COEFFS;
+    in.shs = out.sh[0];
+    in.sh_layout = dgr::ShLayout{0, 1, LANE_ROW};  // entry e of candidate c: [e][c]
+    const LocalCamera local(cam_ref);
+    const dgr::Camera& cam = local.cam;
+#pragma omp simd  // hot: must vectorise (AVX2 and up)
+    for (int c = 0; c < count; ++c) {
+        const glm::vec3 color =
+            dgr::sh_color(in, c, glm::vec3(out.means[3 * c], out.means[3 * c + 1], out.means[3 * c + 2]), cam);
+        out.colors[0][c] = color.x;
+        out.colors[1][c] = color.y;
+        out.colors[2][c] = color.z;
+    }
+}
+
 // Whether some Gaussian of [first, first + n) is in front of the near plane
 // (project_geometry's test, on the same view-space depth): a block with none
 // draws nothing, and skipping it skips the reads of its scales and rotations
@@ -1018,6 +1081,9 @@ DGR_MULTIVERSION void preprocess_range(const dgr::GaussianInputs& in, const dgr:
         return;
     }
     ProjectedBlock blk;
+    const int sh_degree = vectorised_sh_degree(in);
+    std::unique_ptr<ShScratch> sh;  // (52 KB: on the heap, once per range)
+    if (sh_degree >= 0) sh = std::make_unique<ShScratch>();
     for (int64_t b = begin; b < end; b += PREPROCESS_BLOCK) {
         const int n = int(std::min<int64_t>(PREPROCESS_BLOCK, end - b));
         const int first = int(b);
@@ -1031,6 +1097,13 @@ DGR_MULTIVERSION void preprocess_range(const dgr::GaussianInputs& in, const dgr:
         // which mispredicted: a real scene's visible ones come in no order)
         int32_t candidates[PREPROCESS_BLOCK];
         const int64_t num_candidates = flagged(blk.candidate, n, candidates);
+        switch (sh_degree) {
+            case 0: candidate_sh_colors<0>(in, cam, first, candidates, int(num_candidates), *sh); break;
+            case 1: candidate_sh_colors<1>(in, cam, first, candidates, int(num_candidates), *sh); break;
+            case 2: candidate_sh_colors<2>(in, cam, first, candidates, int(num_candidates), *sh); break;
+            case 3: candidate_sh_colors<3>(in, cam, first, candidates, int(num_candidates), *sh); break;
+            default: break;
+        }
         for (int64_t c = 0; c < num_candidates; ++c) {
             const int j = candidates[c];
             const int i = first + j;
@@ -1042,7 +1115,10 @@ DGR_MULTIVERSION void preprocess_range(const dgr::GaussianInputs& in, const dgr:
             g.conic = glm::vec3(blk.conic_x[j], blk.conic_y[j], blk.conic_z[j]);
             g.opacity_scale = blk.opacity_scale[j];
             g.rect = dgr::TileRect{blk.rect[0][j], blk.rect[1][j], blk.rect[2][j], blk.rect[3][j]};
-            dgr::store_projection(i, in, cam, g, proj);
+            if (sh_degree >= 0)
+                dgr::write_projection(i, in, g, glm::vec3(sh->colors[0][c], sh->colors[1][c], sh->colors[2][c]), proj);
+            else
+                dgr::store_projection(i, in, cam, g, proj);
             keep_if_visible(i);
         }
     }
@@ -1434,14 +1510,6 @@ void add_splat_grad(dgr::SplatGrad& acc, const dgr::SplatGrad& g) {
     for (int k = 0; k < dgr::SPLAT_GRAD_FLOATS; ++k) a[k] += b[k];
 }
 
-constexpr int SH_COEFFS = 16;  // what 3DGS training allocates: degree 3, whatever degree is active
-constexpr int SH_ENTRIES = 3 * SH_COEFFS;
-// The row length of the by-lane buffers: a block and a cache line more, so
-// that a lane's entries (one per row) do not all fall in the same few L1
-// sets, as they did 1,024 bytes apart (the SH buffers' transposition took
-// a third of pass 2).
-constexpr int LANE_ROW = PREPROCESS_BLOCK + 16;
-
 // The summed gradients of a block of Gaussians, field by field (read across
 // the lanes: as an array of SplatGrad, 13 floats apart, GCC found the access
 // pattern too complicated).
@@ -1823,8 +1891,8 @@ std::vector<torch::Tensor> rasterize_backward_cpu(
     if (!cov3D_given && culling_enabled()) {
         if (colors_given)
             colour_case = -1;
-        else if (in.sh_coeffs == SH_COEFFS && in.sh_degree >= 0 && in.sh_degree <= 3)
-            colour_case = in.sh_degree;
+        else if (vectorised_sh_degree(in) >= 0)
+            colour_case = vectorised_sh_degree(in);
     }
     const Pass2Args pass2{in,     cam,      grid,   st.tiles_touched.data_ptr<int>(), offsets, slot_grads.get(),
                           out,    sh_rows,  colour_case};

@@ -79,9 +79,7 @@ RASTER_HD bool attributes_finite(const GaussianInputs& in, int idx) {
     const bool precomp = in.colors_precomp != nullptr;
     const float* color = precomp ? in.colors_precomp + 3 * idx : in.shs + 3 * in.sh_coeffs * idx;
     const int n = precomp ? 3 : 3 * sh_coefficient_count(in.sh_degree);
-    bool finite = true;  // (no exit in the loop: the compiler can vectorise it)
-    for (int k = 0; k < n; ++k) finite = finite & is_finite(color[k]);
-    return finite;
+    return all_finite(color, n);
 }
 
 // Everything the forward computes about one Gaussian before the pixels.
@@ -135,19 +133,24 @@ RASTER_HD GaussianProjection project_gaussian(const GaussianInputs& in, int idx,
     return g;
 }
 
+// A Gaussian's colour: its colors_precomp row, or its SH coefficients
+// (where in.sh_layout puts them) evaluated towards the camera from its mean
+// (sh_color).
+RASTER_HD glm::vec3 sh_color(const GaussianInputs& in, int idx, const glm::vec3 mean, const Camera& cam) {
+    bool clamped[3];
+    return sh_to_color(in.sh_degree, in.sh_layout.row(in.shs, idx, in.sh_coeffs), mean, cam.campos, clamped,
+                       in.sh_layout.entry_stride);
+}
+RASTER_HD glm::vec3 gaussian_color(const GaussianInputs& in, int idx, const Camera& cam) {
+    if (in.colors_precomp != nullptr) return load_vec3(in.colors_precomp, idx);
+    return sh_color(in, idx, load_vec3(in.means3D, idx), cam);
+}
+
 // Writes a drawn Gaussian's outputs: from its projection the fields radius,
 // mean2D, t_view.z, conic, opacity_scale and rect (the CPU's vectorised
-// preprocess fills just these), and its colour.
-RASTER_HD void store_projection(int idx, const GaussianInputs& in, const Camera& cam, const GaussianProjection& g,
-                                const ProjectedGaussians& out) {
-    glm::vec3 color;
-    if (in.colors_precomp != nullptr) {
-        color = load_vec3(in.colors_precomp, idx);
-    } else {
-        bool clamped[3];
-        color = sh_to_color(in.sh_degree, in.shs + 3 * in.sh_coeffs * idx, load_vec3(in.means3D, idx),
-                            cam.campos, clamped);
-    }
+// preprocess fills just these), and its colour (gaussian_color).
+RASTER_HD void write_projection(int idx, const GaussianInputs& in, const GaussianProjection& g,
+                                const glm::vec3& color, const ProjectedGaussians& out) {
     out.radii[idx] = int(g.radius);
     out.means2D[2 * idx] = g.mean2D.x;
     out.means2D[2 * idx + 1] = g.mean2D.y;
@@ -164,6 +167,11 @@ RASTER_HD void store_projection(int idx, const GaussianInputs& in, const Camera&
     out.tile_rects[4 * idx + 2] = g.rect.max_x;
     out.tile_rects[4 * idx + 3] = g.rect.max_y;
     out.tiles_touched[idx] = int(g.rect.area());
+}
+
+RASTER_HD void store_projection(int idx, const GaussianInputs& in, const Camera& cam, const GaussianProjection& g,
+                                const ProjectedGaussians& out) {
+    write_projection(idx, in, g, gaussian_color(in, idx, cam), out);
 }
 
 RASTER_HD void preprocess_gaussian(int idx, const GaussianInputs& in, const Camera& cam, int grid_x, int grid_y,

@@ -86,6 +86,9 @@ SCENES = [
     pytest.param(lambda: antialiased(random_scene(400, 50, 70, seed=10, sh_degree=3, offscreen_fraction=0.4)),
                  id="sh3_antialiased"),
     pytest.param(lambda: active_degree(random_scene(400, 50, 70, seed=11, sh_degree=3), 1), id="sh16_degree1"),
+    # (the vectorised SH colours of the forward and backward at the other degrees)
+    pytest.param(lambda: active_degree(random_scene(300, 50, 70, seed=12, sh_degree=3), 0), id="sh16_degree0"),
+    pytest.param(lambda: active_degree(random_scene(300, 50, 70, seed=13, sh_degree=3), 2), id="sh16_degree2"),
 ]
 
 
