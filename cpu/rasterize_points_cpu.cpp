@@ -1082,8 +1082,10 @@ DGR_MULTIVERSION void preprocess_range(const dgr::GaussianInputs& in, const dgr:
     }
     ProjectedBlock blk;
     const int sh_degree = vectorised_sh_degree(in);
-    std::unique_ptr<ShScratch> sh;  // (52 KB: on the heap, once per range)
-    if (sh_degree >= 0) sh = std::make_unique<ShScratch>();
+    // (58 KB: on the heap, once per range; not zeroed, as make_unique would:
+    // candidate_sh_colors reads only what it wrote)
+    std::unique_ptr<ShScratch> sh;
+    if (sh_degree >= 0) sh.reset(new ShScratch);
     for (int64_t b = begin; b < end; b += PREPROCESS_BLOCK) {
         const int n = int(std::min<int64_t>(PREPROCESS_BLOCK, end - b));
         const int first = int(b);
