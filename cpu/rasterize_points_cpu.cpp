@@ -1637,6 +1637,13 @@ DGR_MULTIVERSION void backward_preprocess_range(const Pass2Args& a, int64_t begi
         bool any_drawn = false;
         for (int j = 0; j < n && any_touched; ++j) {
             const int64_t i = first + j;
+            // (the SH row of a Gaussian drawn a few ahead prefetched: 192 bytes
+            // that attributes_finite and the copy below read at scattered
+            // Gaussians; garden-x3 with degree-3 SH: pass 2 27.2 -> 25.8 ms)
+            if (a.colour_case >= 0 && j + 4 < n && a.touched[i + 4] != 0) {
+                const char* ahead = reinterpret_cast<const char*>(in.shs + (i + 4) * SH_ENTRIES);
+                for (int byte = 0; byte < SH_ENTRIES * int(sizeof(float)); byte += 64) __builtin_prefetch(ahead + byte);
+            }
             dgr::SplatGrad sum;
             std::memset(&sum, 0, sizeof(sum));
             drawn[j] = 0;
