@@ -930,6 +930,25 @@ int vectorised_sh_degree(const dgr::GaussianInputs& in) {
     return sh && in.sh_coeffs == SH_COEFFS && in.sh_degree >= 0 && in.sh_degree <= 3 ? in.sh_degree : -1;
 }
 
+// `in` (a loop's local copy) reading SH of degree SH_DEGREE from a by-lane
+// buffer: entry e of Gaussian row_first + lane at by_lane[e][lane]; the
+// case's degree and layout become constants of the loop.
+template <int SH_DEGREE>
+DGR_INLINE void read_sh_by_lane(dgr::GaussianInputs& in, const float (*by_lane)[LANE_ROW], int row_first) {
+    in.colors_precomp = nullptr;
+    in.sh_degree = SH_DEGREE;
+    in.sh_coeffs = SH_COEFFS;
+    in.shs = by_lane[0];
+    in.sh_layout = dgr::ShLayout{row_first, 1, LANE_ROW};
+}
+
+// Prefetches the first `entries` SH entries of a Gaussian's row (read once,
+// at scattered Gaussians, by the copies into the by-lane buffers).
+DGR_INLINE void prefetch_sh_row(const float* row, int entries) {
+    const char* bytes = reinterpret_cast<const char*>(row);
+    for (int byte = 0; byte < entries * int(sizeof(float)); byte += 64) __builtin_prefetch(bytes + byte);
+}
+
 // Pass 1's results for a block, one array per field.
 struct ProjectedBlock {
     float radius[PREPROCESS_BLOCK];
@@ -1005,23 +1024,16 @@ template <int SH_DEGREE>
 DGR_INLINE void candidate_sh_colors(const dgr::GaussianInputs& in_ref, const dgr::Camera& cam_ref, int first,
                                     const int32_t* candidates, int count, ShScratch& out) {
     constexpr int USED = 3 * (SH_DEGREE + 1) * (SH_DEGREE + 1);  // the entries this degree reads
-    constexpr int AHEAD = 4;  // (the rows of candidates ahead prefetched: they are scattered, and read once)
+    constexpr int AHEAD = 4;
     for (int c = 0; c < count; ++c) {
-        if (c + AHEAD < count) {
-            const char* ahead = reinterpret_cast<const char*>(in_ref.shs + (first + candidates[c + AHEAD]) * int64_t(SH_ENTRIES));
-            for (int byte = 0; byte < USED * int(sizeof(float)); byte += 64) __builtin_prefetch(ahead + byte);
-        }
+        if (c + AHEAD < count) prefetch_sh_row(in_ref.shs + (first + candidates[c + AHEAD]) * int64_t(SH_ENTRIES), USED);
         const int64_t i = first + candidates[c];
         const float* row = in_ref.shs + i * SH_ENTRIES;
         for (int e = 0; e < USED; ++e) out.sh[e][c] = row[e];
         for (int k = 0; k < 3; ++k) out.means[3 * c + k] = in_ref.means3D[3 * i + k];
     }
     dgr::GaussianInputs in = in_ref;  // (local, with the case as constants: see project_block)
-    in.colors_precomp = nullptr;
-    in.sh_degree = SH_DEGREE;
-    in.sh_coeffs = SH_COEFFS;
-    in.shs = out.sh[0];
-    in.sh_layout = dgr::ShLayout{0, 1, LANE_ROW};  // entry e of candidate c: [e][c]
+    read_sh_by_lane<SH_DEGREE>(in, out.sh, 0);  // (lane c: candidate c)
     const LocalCamera local(cam_ref);
     const dgr::Camera& cam = local.cam;
 #pragma omp simd  // hot: must vectorise (AVX2 and up)
@@ -1553,14 +1565,9 @@ DGR_INLINE void gaussians_backward_block(const dgr::GaussianInputs& in_ref, cons
         if (in.colors_precomp == nullptr) __builtin_unreachable();  // (the caller's case: folds the SH branch away)
 #endif
     } else {
-        in.colors_precomp = nullptr;
-        in.sh_degree = SH_DEGREE;
-        in.sh_coeffs = SH_COEFFS;
-        const dgr::ShLayout by_lane{first, 1, LANE_ROW};  // entry e of Gaussian first + j: [e][j]
-        in.shs = sh_in[0];
-        in.sh_layout = by_lane;
+        read_sh_by_lane<SH_DEGREE>(in, sh_in, first);  // (lane j: Gaussian first + j)
         out.shs = sh_lanes[0];
-        out.sh_layout = by_lane;
+        out.sh_layout = in.sh_layout;
     }
     const LocalCamera local(cam_ref);
     const dgr::Camera& cam = local.cam;
@@ -1640,10 +1647,8 @@ DGR_MULTIVERSION void backward_preprocess_range(const Pass2Args& a, int64_t begi
             // (the SH row of a Gaussian drawn a few ahead prefetched: 192 bytes
             // that attributes_finite and the copy below read at scattered
             // Gaussians; garden-x3 with degree-3 SH: pass 2 27.2 -> 25.8 ms)
-            if (a.colour_case >= 0 && j + 4 < n && a.touched[i + 4] != 0) {
-                const char* ahead = reinterpret_cast<const char*>(in.shs + (i + 4) * SH_ENTRIES);
-                for (int byte = 0; byte < SH_ENTRIES * int(sizeof(float)); byte += 64) __builtin_prefetch(ahead + byte);
-            }
+            if (a.colour_case >= 0 && j + 4 < n && a.touched[i + 4] != 0)
+                prefetch_sh_row(in.shs + (i + 4) * SH_ENTRIES, SH_ENTRIES);
             dgr::SplatGrad sum;
             std::memset(&sum, 0, sizeof(sum));
             drawn[j] = 0;
@@ -1898,10 +1903,11 @@ std::vector<torch::Tensor> rasterize_backward_cpu(
                                  written(!cov3D_given, g_rotations)};
     int colour_case = Pass2Args::kScalarPass2;
     if (!cov3D_given && culling_enabled()) {
+        const int sh_degree = vectorised_sh_degree(in);
         if (colors_given)
             colour_case = -1;
-        else if (vectorised_sh_degree(in) >= 0)
-            colour_case = vectorised_sh_degree(in);
+        else if (sh_degree >= 0)
+            colour_case = sh_degree;
     }
     const Pass2Args pass2{in,     cam,      grid,   st.tiles_touched.data_ptr<int>(), offsets, slot_grads.get(),
                           out,    sh_rows,  colour_case};

@@ -133,14 +133,14 @@ RASTER_HD GaussianProjection project_gaussian(const GaussianInputs& in, int idx,
     return g;
 }
 
-// A Gaussian's colour: its colors_precomp row, or its SH coefficients
-// (where in.sh_layout puts them) evaluated towards the camera from its mean
-// (sh_color).
+// A Gaussian's SH coefficients (where in.sh_layout puts them) evaluated
+// towards the camera from `mean`.
 RASTER_HD glm::vec3 sh_color(const GaussianInputs& in, int idx, const glm::vec3 mean, const Camera& cam) {
     bool clamped[3];
     return sh_to_color(in.sh_degree, in.sh_layout.row(in.shs, idx, in.sh_coeffs), mean, cam.campos, clamped,
                        in.sh_layout.entry_stride);
 }
+// A Gaussian's colour: its colors_precomp row, or sh_color from its mean.
 RASTER_HD glm::vec3 gaussian_color(const GaussianInputs& in, int idx, const Camera& cam) {
     if (in.colors_precomp != nullptr) return load_vec3(in.colors_precomp, idx);
     return sh_color(in, idx, load_vec3(in.means3D, idx), cam);
