@@ -764,6 +764,8 @@ void pack_splats(const dgr::SplatSource& src, const int* tiles_touched, int64_t 
         if (tiles_touched[g] > 0) pack_splat(src, g, records[g]);
 }
 
+constexpr int64_t RECORD_PREFETCH_AHEAD = 16;
+
 // Loads the splats of tile-list entries [begin, end) that may be blended in
 // the tile's pixels (all of them when culling is off): first the splat
 // geometry of every entry into the `raw` fields, then, for the kept ones,
@@ -778,7 +780,11 @@ DGR_INLINE void load_tile(TileSplats& ts, const SplatRecord* records, const int3
     if (cull) {
         float* raw[TileSplats::FEATURE0];
         for (int k = 0; k < TileSplats::FEATURE0; ++k) raw[k] = ts.raw_field(k);
+        // (the records lie at scattered Gaussians, in depth order: each is
+        // prefetched RECORD_PREFETCH_AHEAD entries before it is read, as the
+        // core kept too few of these misses in flight by itself)
         for (int64_t j = 0; j < n; ++j) {
+            if (j + RECORD_PREFETCH_AHEAD < n) __builtin_prefetch(records + points[begin + j + RECORD_PREFETCH_AHEAD]);
             const SplatRecord& r = records[points[begin + j]];
             for (int k = 0; k < TileSplats::FEATURE0; ++k) raw[k][j] = r.field[k];
         }
