@@ -17,6 +17,9 @@
 #include <mutex>
 #include <numeric>
 #include <type_traits>
+#if defined(__linux__)
+#include <sys/mman.h>
+#endif
 
 #include "../cuda_rasterizer/preprocess.h"
 #include "../rasterize_checks.h"
@@ -119,8 +122,7 @@ public:
                 return b.ptr;
             }
         }
-        capacity = (bytes + 63) / 64 * 64;
-        return std::aligned_alloc(64, capacity);
+        return fresh_block(bytes, capacity);
     }
     void give(void* ptr, size_t bytes) {
         if (ptr == nullptr) return;
@@ -152,6 +154,25 @@ public:
     }
 
 private:
+    // Blocks of 2 MiB and more are aligned to 2 MiB and asked for huge pages
+    // (the kernel's default here is 4 KiB pages unless madvise'd): the tiles
+    // read the splat records at scattered Gaussians, and garden-x3's 64 MiB
+    // of them span 16,384 small pages, far more than the TLB holds
+    // (forward 54.5 -> 52.8 ms, garden 28.0 -> 27.1 ms, once the records
+    // were prefetched; without that prefetch, no change).
+    static void* fresh_block(size_t bytes, size_t& capacity) {
+        constexpr size_t kHugePage = size_t(2) << 20;
+        if (bytes < kHugePage) {
+            capacity = (bytes + 63) / 64 * 64;
+            return std::aligned_alloc(64, capacity);
+        }
+        capacity = (bytes + kHugePage - 1) / kHugePage * kHugePage;
+        void* block = std::aligned_alloc(kHugePage, capacity);
+#if defined(__linux__) && defined(MADV_HUGEPAGE)
+        if (block != nullptr) madvise(block, capacity, MADV_HUGEPAGE);  // (advice only: its failure changes nothing)
+#endif
+        return block;
+    }
     static constexpr size_t kMaxCachedBytes = size_t(1) << 30;
     static constexpr size_t kMaxBlocks = 64;  // a forward with statistics and its backward use ~45
     struct Block {
