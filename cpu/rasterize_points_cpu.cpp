@@ -668,7 +668,10 @@ struct PixelRect {
 // A tile's splats in structure-of-arrays form, front to back, after culling;
 // position[j] is the tile-list position of splat j. One per thread, reused.
 struct TileSplats {
-    enum Field { MX, MY, CA, CB, CC, OPACITY, FEATURE0, NUM_FIELDS = FEATURE0 + NF };
+    // the fields of a SplatRecord, then those of the splat's RectCullForm
+    // that are not in the record (computed when the tile is loaded)
+    enum Field { MX, MY, CA, CB, CC, OPACITY, FEATURE0, NUM_FIELDS = FEATURE0 + NF,
+                 KX = NUM_FIELDS, KY, Q_SCALE, Q_LIMIT, NUM_STORED };
     int64_t capacity = 0;
     // floats from one field to the next: capacity (a power of two, as it
     // doubles) plus one cache line, so that a splat's fields fall in
@@ -694,7 +697,7 @@ struct TileSplats {
         capacity = std::max<int64_t>(n, 2 * capacity);
         capacity = (capacity + 15) / 16 * 16;
         stride = capacity + 16;
-        data.assign(size_t(NUM_FIELDS * stride), 0.f);
+        data.assign(size_t(NUM_STORED * stride), 0.f);
         raw.assign(size_t(FEATURE0 * stride), 0.f);
         position.assign(size_t(capacity), 0);
         flags.assign(size_t(capacity), 0);
@@ -717,6 +720,18 @@ struct TileSplats {
                                     fields[OPACITY * stride + j]);
         return s;
     }
+    DGR_INLINE dgr::RectCullForm cull_form(int64_t j) const {
+        const float* fields = data.data();
+        dgr::RectCullForm f;
+        f.A = fields[CA * stride + j];
+        f.B = fields[CB * stride + j];
+        f.C = fields[CC * stride + j];
+        f.kx = fields[KX * stride + j];
+        f.ky = fields[KY * stride + j];
+        f.q_scale = fields[Q_SCALE * stride + j];
+        f.q_limit = fields[Q_LIMIT * stride + j];
+        return f;
+    }
     DGR_INLINE dgr::SplatFeatures features(int64_t j) const {
         dgr::SplatFeatures f;
         for (int k = 0; k < NF; ++k) f.v[k] = field(FEATURE0 + k)[j];
@@ -729,18 +744,27 @@ TileSplats& thread_scratch() {
     return scratch;
 }
 
-// flags[j] = splat j of the structure-of-arrays `fields` (ts.data or ts.raw)
-// may be blended in `rect` (all 1 when culling is off). The Splat is built by
-// a call (splat_from): one declared in the loop and filled field by field
-// does not vectorise.
-DGR_INLINE void flag_splats_in_rect(TileSplats& ts, const float* fields, int64_t n, const PixelRect& rect,
-                                    bool cull) {
+// flags[j] = splat j of the structure-of-arrays `raw` may be blended in
+// `rect`. The Splat is built by a call (splat_from): one declared in the loop
+// and filled field by field does not vectorise.
+DGR_INLINE void flag_raw_splats_in_rect(TileSplats& ts, int64_t n, const PixelRect& rect) {
+    int32_t* flags = ts.flags.data();
+    const TileSplats& c = ts;
+    const float* raw = ts.raw.data();
+    const float x0 = float(rect.x0), y0 = float(rect.y0), x1 = float(rect.x1), y1 = float(rect.y1);
+#pragma omp simd
+    for (int64_t j = 0; j < n; ++j) flags[j] = dgr::splat_may_touch_rect(c.splat_from(raw, j), x0, y0, x1, y1) ? 1 : 0;
+}
+
+// The same for the tile's kept splats, with the cull forms load_tile stored
+// (all 1 when culling is off).
+DGR_INLINE void flag_kept_splats_in_rect(TileSplats& ts, const PixelRect& rect, bool cull) {
     int32_t* flags = ts.flags.data();
     const TileSplats& c = ts;
     const float x0 = float(rect.x0), y0 = float(rect.y0), x1 = float(rect.x1), y1 = float(rect.y1);
 #pragma omp simd
-    for (int64_t j = 0; j < n; ++j)
-        flags[j] = (!cull | dgr::splat_may_touch_rect(c.splat_from(fields, j), x0, y0, x1, y1)) ? 1 : 0;
+    for (int64_t j = 0; j < ts.count; ++j)
+        flags[j] = (!cull | dgr::splat_may_touch_rect(c.splat(j).mean, c.cull_form(j), x0, y0, x1, y1)) ? 1 : 0;
 }
 
 // out = the j in [0, n) whose flag is set, in order; returns how many.
@@ -795,8 +819,8 @@ DGR_INLINE void load_tile(TileSplats& ts, const SplatRecord* records, const int3
                           int64_t end, const PixelRect& rect, bool cull) {
     const int64_t n = end - begin;
     ts.reserve(n);
-    float* f[TileSplats::NUM_FIELDS];
-    for (int k = 0; k < TileSplats::NUM_FIELDS; ++k) f[k] = ts.field(k);
+    float* f[TileSplats::NUM_STORED];
+    for (int k = 0; k < TileSplats::NUM_STORED; ++k) f[k] = ts.field(k);
     int64_t m = n;
     if (cull) {
         float* raw[TileSplats::FEATURE0];
@@ -809,7 +833,7 @@ DGR_INLINE void load_tile(TileSplats& ts, const SplatRecord* records, const int3
             const SplatRecord& r = records[points[begin + j]];
             for (int k = 0; k < TileSplats::FEATURE0; ++k) raw[k][j] = r.field[k];
         }
-        flag_splats_in_rect(ts, ts.raw.data(), n, rect, true);
+        flag_raw_splats_in_rect(ts, n, rect);
         m = flagged(ts.flags.data(), n, ts.position.data());
     } else {
         for (int64_t j = 0; j < n; ++j) ts.position[j] = int32_t(j);
@@ -820,12 +844,24 @@ DGR_INLINE void load_tile(TileSplats& ts, const SplatRecord* records, const int3
         for (int k = 0; k < TileSplats::NUM_FIELDS; ++k) f[k][i] = r.field[k];
     }
     ts.count = m;
+    if (!cull) return;
+    // the kept splats' cull forms, for block_list (each is tested against
+    // every block of the tile: its divisions and logarithm once, not 8 times)
+    const TileSplats& c = ts;
+#pragma omp simd
+    for (int64_t i = 0; i < m; ++i) {
+        const dgr::RectCullForm form = dgr::rect_cull_form(c.splat(i));
+        f[TileSplats::KX][i] = form.kx;
+        f[TileSplats::KY][i] = form.ky;
+        f[TileSplats::Q_SCALE][i] = form.q_scale;
+        f[TileSplats::Q_LIMIT][i] = form.q_limit;
+    }
 }
 
 // The list of the tile's (kept) splats that may be blended in `rect`;
 // returns its length.
 DGR_INLINE int64_t block_list(TileSplats& ts, const PixelRect& rect, bool cull) {
-    flag_splats_in_rect(ts, ts.data.data(), ts.count, rect, cull);
+    flag_kept_splats_in_rect(ts, rect, cull);
     return flagged(ts.flags.data(), ts.count, ts.list.data());
 }
 

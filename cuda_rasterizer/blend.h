@@ -100,41 +100,92 @@ RASTER_HD bool splat_alpha(const glm::vec4& co, float dx, float dy, float& alpha
     return !(power > 0.0f) & !(opacity_G < ALPHA_MIN);  // alpha >= 1/255 (also where opacity G is NaN)
 }
 
-// q = A dx^2 + 2 B dx dy + C dy^2 (= -2 power) and a clamp, for splat_may_touch_rect.
-RASTER_HD float quadratic_form(float A, float B, float C, float dx, float dy) {
-    return A * dx * dx + 2.0f * B * dx * dy + C * dy * dy;
+// An upper bound of ln(x), at most ~3e-5 above it (-inf for x <= 0, +inf
+// for +inf, NaN for NaN), branch-free so that loops vectorise: x = 2^e m,
+// m in [1, 2), ln m = 2 atanh(s) with s = (m - 1) / (m + 1) < 1/3, whose
+// series (all terms positive) is cut after s^9 (the rest is below 1.1e-6);
+// 2e-5 added covers that and the float rounding (checked against libm over
+// the floats in tests/test_cpu_math.py). Subnormal x are read as 2^-127 (1 +
+// their fraction), which is larger: still an upper bound.
+RASTER_HD float log_upper_bound(float x) {
+    int32_t bits;
+    memcpy(&bits, &x, sizeof(float));
+    const float e = float(((bits >> 23) & 0xff) - 127);
+    const int32_t m_bits = (bits & 0x007fffff) | 0x3f800000;
+    float m;
+    memcpy(&m, &m_bits, sizeof(float));
+    const float s = (m - 1.0f) / (m + 1.0f), s2 = s * s;
+    float series = 1.0f / 9.0f;
+    series = series * s2 + 1.0f / 7.0f;
+    series = series * s2 + 1.0f / 5.0f;
+    series = series * s2 + 1.0f / 3.0f;
+    series = series * s2 + 1.0f;
+    const float ln = e * 0.693147182f + 2.0f * s * series + 2e-5f;  // (0.693147182f rounds ln 2 up)
+    const float bounded = x > 0.0f ? ln : -INFINITY;
+    return x == INFINITY ? INFINITY : (x != x ? x : bounded);
+}
+
+// What splat_may_touch_rect needs of a splat beyond its mean: its parts that
+// do not depend on the rectangle, computed once per splat where it is
+// tested against many rectangles (the CPU's blocks of pixels).
+struct RectCullForm {
+    float A, B, C;  // the conic: q = A dx^2 + 2 B dx dy + C dy^2 = -2 power
+    float kx, ky;   // along the line dy = e (dx = e), q is smallest at dx = kx e (dy = ky e)
+    float q_scale;  // 1 - a relative margin that bounds the rounding of q
+    float q_limit;  // q_min q_scale above it: alpha < 0.999 / 255 (+inf: never culled)
+};
+
+// |rounding of q| <= ~50 eps q (A C / det): A dx^2 + C dy^2 + 2|B dx dy| <=
+// 4 (A C / det) q; the margin is 128 eps (A C / det). Opacity exp(-q / 2) <
+// 0.999 ALPHA_MIN exactly where q > 2 ln(opacity / (0.999 ALPHA_MIN)), bounded
+// above (log_upper_bound), so that rounding errs towards keeping the splat;
+// the 0.1% is far above the error of splat_exp. A form that is not clearly
+// positive definite (or anything NaN) keeps the splat.
+RASTER_HD RectCullForm rect_cull_form(const Splat& s) {
+    RectCullForm f;
+    f.A = s.conic_opacity.x;
+    f.B = s.conic_opacity.y;
+    f.C = s.conic_opacity.z;
+    f.ky = -f.B / f.C;
+    f.kx = -f.B / f.A;
+    const float det = f.A * f.C - f.B * f.B;
+    const float margin = 128.0f * 1.1920929e-7f * (f.A * f.C / det);
+    const bool definite = (f.A > 0.0f) & (f.C > 0.0f) & (det > 0.0f) & (margin < 0.5f);
+    f.q_scale = 1.0f - margin;
+    const float limit = 2.0f * log_upper_bound(s.conic_opacity.w * (1.0f / (0.999f * ALPHA_MIN)));
+    f.q_limit = definite ? limit : INFINITY;
+    return f;
+}
+
+// q = A dx^2 + 2 B dx dy + C dy^2 and a clamp, for splat_may_touch_rect.
+RASTER_HD float quadratic_form(const RectCullForm& f, float dx, float dy) {
+    return f.A * dx * dx + 2.0f * f.B * dx * dy + f.C * dy * dy;
 }
 RASTER_HD float clamp_to(float v, float lo, float hi) { return v < lo ? lo : (v > hi ? hi : v); }
 
-// Whether the splat may be blended anywhere in the rectangle [x0, x1] x
-// [y0, y1] of pixel coordinates. False only when splat_alpha() is false at
-// every pixel centre in it, whatever the rounding of its float arithmetic:
-// with q = -2 power = A dx^2 + 2 B dx dy + C dy^2 (positive definite), the
-// minimum of q over the rectangle (at the splat's centre if inside, else on
-// an edge, at the edge's 1D minimiser clamped to the edge) is lowered by a
-// relative margin that bounds the rounding of q at a pixel and here, and the
-// bound opacity exp(-q_min / 2) must stay below 1/255 by another margin
-// (0.1%, far above the error of splat_exp). A form that is not clearly
-// positive definite (or anything NaN) keeps the splat. Drivers use it to drop
-// splats from a tile or a block of pixels without changing any result.
-RASTER_HD bool splat_may_touch_rect(const Splat& s, float x0, float y0, float x1, float y1) {
-    const float A = s.conic_opacity.x, B = s.conic_opacity.y, C = s.conic_opacity.z;
-    const float dx_lo = s.mean.x - x1, dx_hi = s.mean.x - x0;  // dx = mean - pixel over the rectangle
-    const float dy_lo = s.mean.y - y1, dy_hi = s.mean.y - y0;
-    const float ky = -B / C, kx = -B / A;  // along an edge dx = e, q is smallest at dy = ky e
-    const float q0 = quadratic_form(A, B, C, dx_lo, clamp_to(ky * dx_lo, dy_lo, dy_hi));
-    const float q1 = quadratic_form(A, B, C, dx_hi, clamp_to(ky * dx_hi, dy_lo, dy_hi));
-    const float q2 = quadratic_form(A, B, C, clamp_to(kx * dy_lo, dx_lo, dx_hi), dy_lo);
-    const float q3 = quadratic_form(A, B, C, clamp_to(kx * dy_hi, dx_lo, dx_hi), dy_hi);
+// Whether the splat with this mean and cull form may be blended anywhere in
+// the rectangle [x0, x1] x [y0, y1] of pixel coordinates. False only when
+// splat_alpha() is false at every pixel centre in it, whatever the rounding
+// of its float arithmetic: the minimum of q over the rectangle (at the
+// splat's centre if inside, else on an edge, at the edge's 1D minimiser
+// clamped to the edge), lowered by the rounding margin, must exceed the
+// form's q_limit. Drivers use it to drop splats from a tile or a block of
+// pixels without changing any result.
+RASTER_HD bool splat_may_touch_rect(const glm::vec2& mean, const RectCullForm& f, float x0, float y0, float x1,
+                                    float y1) {
+    const float dx_lo = mean.x - x1, dx_hi = mean.x - x0;  // dx = mean - pixel over the rectangle
+    const float dy_lo = mean.y - y1, dy_hi = mean.y - y0;
+    const float q0 = quadratic_form(f, dx_lo, clamp_to(f.ky * dx_lo, dy_lo, dy_hi));
+    const float q1 = quadratic_form(f, dx_hi, clamp_to(f.ky * dx_hi, dy_lo, dy_hi));
+    const float q2 = quadratic_form(f, clamp_to(f.kx * dy_lo, dx_lo, dx_hi), dy_lo);
+    const float q3 = quadratic_form(f, clamp_to(f.kx * dy_hi, dx_lo, dx_hi), dy_hi);
     const float q01 = q0 < q1 ? q0 : q1, q23 = q2 < q3 ? q2 : q3;
     const bool centre_inside = (dx_lo <= 0.0f) & (dx_hi >= 0.0f) & (dy_lo <= 0.0f) & (dy_hi >= 0.0f);
     const float q_min = centre_inside ? 0.0f : (q01 < q23 ? q01 : q23);
-    // |rounding of q| <= ~50 eps q (A C / det): A dx^2 + C dy^2 + 2|B dx dy| <= 4 (A C / det) q
-    const float det = A * C - B * B;
-    const float margin = 128.0f * 1.1920929e-7f * (A * C / det);
-    const bool definite = (A > 0.0f) & (C > 0.0f) & (det > 0.0f) & (margin < 0.5f);
-    const float alpha_bound = s.conic_opacity.w * splat_exp(-0.5f * (q_min * (1.0f - margin)));
-    return !(definite & (alpha_bound < 0.999f * ALPHA_MIN));
+    return !(q_min * f.q_scale > f.q_limit);
+}
+RASTER_HD bool splat_may_touch_rect(const Splat& s, float x0, float y0, float x1, float y1) {
+    return splat_may_touch_rect(s.mean, rect_cull_form(s), x0, y0, x1, y1);
 }
 
 // Front-to-back accumulation of one pixel: colour, importance and inverse

@@ -6,6 +6,11 @@
   dense sample of the floats in [-87.3, 0] (every 16th bit pattern, about 70
   million values, and all of [-1, 0] down to 1e-6), exact at 0, 0 below the
   subnormal range, NaN for NaN.
+* log_upper_bound, the logarithm the culling test compares with: never
+  below ln(x) (computed in double) and at most 4e-5 above it, on every 16th
+  positive float and on all of [1, 256] (the opacities that matter, over
+  0.999 / 255), subnormals included (bound only); -inf for 0 and negatives,
+  +inf for +inf, NaN for NaN.
 * splat_may_touch_rect, the per-tile / per-block culling test: whenever it
   says a splat cannot be blended in a rectangle, splat_alpha must be false at
   every pixel centre of that rectangle, for random splats of every shape
@@ -63,6 +68,29 @@ static int check_exp() {
     if (dgr::splat_exp(0.0f) != 1.0f || dgr::splat_exp(-0.0f) != 1.0f) { std::printf("FAIL exp(0) != 1\n"); ++bad; }
     if (dgr::splat_exp(-100.0f) != 0.0f || dgr::splat_exp(-INFINITY) != 0.0f) { std::printf("FAIL exp(-100)\n"); ++bad; }
     if (!std::isnan(dgr::splat_exp(NAN))) { std::printf("FAIL exp(NaN)\n"); ++bad; }
+    return bad;
+}
+
+static int check_log_bound() {
+    double worst = 0.0;  // largest excess over ln(x) (normal floats)
+    float worst_x = 0.f;
+    long n = 0, below = 0;
+    auto check = [&](float x) {
+        const double exact = std::log(double(x)), got = dgr::log_upper_bound(x);
+        if (got < exact && below++ < 5) std::printf("FAIL log_upper_bound(%.9g) = %.9g < ln = %.9g\n", x, got, exact);
+        if (std::isnormal(x) && got - exact > worst) { worst = got - exact; worst_x = x; }
+        ++n;
+    };
+    for (uint32_t u = 1; u < to_bits(INFINITY); u += 16) check(from_bits(u));
+    for (uint32_t u = to_bits(1.0f); u <= to_bits(256.0f); ++u) check(from_bits(u));
+    std::printf("log bound: %ld values, at most %.3g above ln (at %.9g)\n", n, worst, worst_x);
+    int bad = below > 0;
+    if (!(worst <= 4e-5)) { std::printf("FAIL log bound more than 4e-5 above ln\n"); ++bad; }
+    if (dgr::log_upper_bound(0.0f) != -INFINITY || dgr::log_upper_bound(-1.0f) != -INFINITY ||
+        dgr::log_upper_bound(INFINITY) != INFINITY || !std::isnan(dgr::log_upper_bound(NAN))) {
+        std::printf("FAIL log bound at 0, -1, inf or NaN\n");
+        ++bad;
+    }
     return bad;
 }
 
@@ -131,7 +159,7 @@ static int check_culling() {
 }
 
 int main() {
-    const int bad = check_exp() + check_culling();
+    const int bad = check_exp() + check_log_bound() + check_culling();
     std::printf(bad ? "FAILED\n" : "ALL OK\n");
     return bad ? 1 : 0;
 }
