@@ -1537,6 +1537,8 @@ DGR_INLINE void backward_block(const BackwardArgs& a, TileSplats& ts, const int3
     }
 }
 
+constexpr int64_t GRAD_PREFETCH_AHEAD = 16;
+
 DGR_MULTIVERSION void backward_tile(const BackwardArgs& a, int64_t tile) {
     TileSplats& ts = thread_scratch();
     const PixelRect rect = a.frame.tile_rect(tile);
@@ -1554,7 +1556,13 @@ DGR_MULTIVERSION void backward_tile(const BackwardArgs& a, int64_t tile) {
     // written where its Gaussian's pass 2 reads it
     const int64_t* slot = a.entry_slot + begin;
     float* lanes = ts.grad_lanes.data();
-    for (int64_t p = 0, j = 0; p < end - begin; ++p) {
+    const int64_t n = end - begin;
+    for (int64_t p = 0, j = 0; p < n; ++p) {
+        if (p + GRAD_PREFETCH_AHEAD < n) {  // (the slots are scattered: each write missed the cache)
+            const char* next = reinterpret_cast<const char*>(a.slot_grads + slot[p + GRAD_PREFETCH_AHEAD]);
+            __builtin_prefetch(next, 1);
+            __builtin_prefetch(next + sizeof(dgr::SplatGrad) - 1, 1);
+        }
         float* out = reinterpret_cast<float*>(a.slot_grads + slot[p]);
         if (j < m && ts.position[j] == p) {
             for (int k = 0; k < GRAD_FLOATS; ++k) out[k] = lane_sum<GRAD_LANES>(lanes + (j * GRAD_FLOATS + k) * GRAD_LANES);
