@@ -162,16 +162,18 @@ private:
     // were prefetched; without that prefetch, no change).
     static void* fresh_block(size_t bytes, size_t& capacity) {
         constexpr size_t kHugePage = size_t(2) << 20;
-        if (bytes < kHugePage) {
-            capacity = (bytes + 63) / 64 * 64;
-            return std::aligned_alloc(64, capacity);
-        }
-        capacity = (bytes + kHugePage - 1) / kHugePage * kHugePage;
-        void* block = std::aligned_alloc(kHugePage, capacity);
+        capacity = (bytes + 63) / 64 * 64;
 #if defined(__linux__) && defined(MADV_HUGEPAGE)
-        if (block != nullptr) madvise(block, capacity, MADV_HUGEPAGE);  // (advice only: its failure changes nothing)
+        if (capacity >= kHugePage) {
+            // (not rounded up to whole huge pages: its last part, less than
+            // one, stays in small pages rather than adding up to 2 MiB a block)
+            void* block = nullptr;
+            if (posix_memalign(&block, kHugePage, capacity) != 0) return nullptr;
+            madvise(block, capacity / kHugePage * kHugePage, MADV_HUGEPAGE);  // (advice only: its failure changes nothing)
+            return block;
+        }
 #endif
-        return block;
+        return std::aligned_alloc(64, capacity);
     }
     static constexpr size_t kMaxCachedBytes = size_t(1) << 30;
     static constexpr size_t kMaxBlocks = 64;  // a forward with statistics and its backward use ~45
