@@ -1446,21 +1446,22 @@ struct BackwardArgs : TileArgs {
 // two copies (see ForwardLanes), and what stays.
 struct BackwardLanes {
     alignas(64) float T[LANES];
-    alignas(64) float behind[NF][LANES];
+    alignas(64) float behind_up[LANES];
 };
 struct BackwardPixels {
     alignas(64) float T_final[LANES];
     alignas(64) float final_T_term[LANES];
     alignas(64) float up[NF][LANES];
     alignas(64) int32_t n_contrib[LANES];
-    alignas(64) float grad[dgr::SPLAT_GRAD_FLOATS][LANES];  // this step's gradient, per pixel
+    alignas(64) float grad[dgr::SPLAT_GRAD_FLOATS][LANES];  // this step's SplatGradSums, per pixel
     alignas(64) int32_t active[LANES];
 };
 
 // One splat (entry j of the tile) over all pixels of the block, back to
-// front: in -> out; adds its gradient, summed over the block, to ts.grads[j].
+// front: in -> out; adds its dgr::SplatGradSums, summed over the block, to
+// ts.grad_lanes of j.
 DGR_INLINE void backward_step(const BackwardLanes& in, BackwardLanes& out, TileSplats& ts, int32_t j,
-                              const BlockLanes& b, BackwardPixels& bp, float half_w, float half_h) {
+                              const BlockLanes& b, BackwardPixels& bp) {
     const dgr::Splat s = ts.splat(j);
     const dgr::SplatFeatures f = ts.features(j);
     const int32_t position = ts.position[j];
@@ -1475,18 +1476,16 @@ DGR_INLINE void backward_step(const BackwardLanes& in, BackwardLanes& out, TileS
         pb.T_final = bp.T_final[l];
         pb.final_T_term = bp.final_T_term[l];
         pb.up.alpha = 0.f;
-        for (int k = 0; k < NF; ++k) {
-            pb.up.feature[k] = bp.up[k][l];
-            pb.behind[k] = in.behind[k][l];
-        }
-        const dgr::SplatGrad sg = pb.step(s, dx, dy, alpha, G, f, half_w, half_h);
+        for (int k = 0; k < NF; ++k) pb.up.feature[k] = bp.up[k][l];
+        pb.behind_up = in.behind_up[l];
+        const dgr::SplatGradSums sg = pb.step(s, dx, dy, alpha, G, f);
         out.T[l] = active ? pb.T : in.T[l];
-        for (int k = 0; k < NF; ++k) out.behind[k][l] = active ? pb.behind[k] : in.behind[k][l];
-        bp.grad[0][l] = active ? sg.mean[0] : 0.f;
-        bp.grad[1][l] = active ? sg.mean[1] : 0.f;
-        bp.grad[2][l] = active ? sg.conic[0] : 0.f;
-        bp.grad[3][l] = active ? sg.conic[1] : 0.f;
-        bp.grad[4][l] = active ? sg.conic[2] : 0.f;
+        out.behind_up[l] = active ? pb.behind_up : in.behind_up[l];
+        bp.grad[0][l] = active ? sg.opacity_dx : 0.f;
+        bp.grad[1][l] = active ? sg.opacity_dy : 0.f;
+        bp.grad[2][l] = active ? sg.opacity_dxx : 0.f;
+        bp.grad[3][l] = active ? sg.opacity_dxy : 0.f;
+        bp.grad[4][l] = active ? sg.opacity_dyy : 0.f;
         bp.grad[5][l] = active ? sg.opacity : 0.f;
         for (int k = 0; k < NF; ++k) bp.grad[6 + k][l] = active ? sg.feature[k] : 0.f;
         bp.active[l] = active ? 1 : 0;
@@ -1527,10 +1526,8 @@ DGR_INLINE void backward_block(const BackwardArgs& a, TileSplats& ts, const int3
         A.T[l] = pb.T;
         bp.T_final[l] = pb.T_final;
         bp.final_T_term[l] = pb.final_T_term;
-        for (int k = 0; k < NF; ++k) {
-            bp.up[k][l] = pb.up.feature[k];
-            A.behind[k][l] = pb.behind[k];
-        }
+        for (int k = 0; k < NF; ++k) bp.up[k][l] = pb.up.feature[k];
+        A.behind_up[l] = pb.behind_up;
         bp.n_contrib[l] = b.inside[l] ? a.n_contrib[pix] : 0;
         max_contrib = std::max(max_contrib, bp.n_contrib[l]);
     }
@@ -1538,9 +1535,9 @@ DGR_INLINE void backward_block(const BackwardArgs& a, TileSplats& ts, const int3
     int64_t i = count;
     while (i > 0 && ts.position[list[i - 1]] >= max_contrib) --i;
     while (i > 0) {
-        backward_step(A, B, ts, list[--i], b, bp, a.half_w, a.half_h);
+        backward_step(A, B, ts, list[--i], b, bp);
         if (i == 0) break;
-        backward_step(B, A, ts, list[--i], b, bp, a.half_w, a.half_h);
+        backward_step(B, A, ts, list[--i], b, bp);
     }
 }
 
@@ -1581,12 +1578,14 @@ DGR_MULTIVERSION void backward_tile(const BackwardArgs& a, int64_t tile) {
             __builtin_prefetch(next, 1);
             __builtin_prefetch(next + sizeof(dgr::SplatGrad) - 1, 1);
         }
-        float* out = reinterpret_cast<float*>(a.slot_grads + slot[p]);
         if (j < m && ts.position[j] == p) {
-            for (int k = 0; k < GRAD_FLOATS; ++k) out[k] = lane_sum<GRAD_LANES>(lanes + (j * GRAD_FLOATS + k) * GRAD_LANES);
+            dgr::SplatGradSums sums;
+            float* sum = reinterpret_cast<float*>(&sums);
+            for (int k = 0; k < GRAD_FLOATS; ++k) sum[k] = lane_sum<GRAD_LANES>(lanes + (j * GRAD_FLOATS + k) * GRAD_LANES);
+            a.slot_grads[slot[p]] = dgr::splat_grad(sums, ts.splat(j).conic_opacity, a.half_w, a.half_h);
             ++j;
         } else {
-            for (int k = 0; k < GRAD_FLOATS; ++k) out[k] = 0.f;
+            a.slot_grads[slot[p]] = dgr::SplatGrad{};
         }
     }
 }

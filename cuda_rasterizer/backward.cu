@@ -89,7 +89,7 @@ __global__ void __launch_bounds__(BLOCK_SIZE)
                 const float dx = s.mean.x - px, dy = s.mean.y - py;
                 float alpha, G;
                 if (splat_alpha(s.conic_opacity, dx, dy, alpha, G)) {
-                    g = pb.step(s, dx, dy, alpha, G, s_features[j], half_w, half_h);
+                    g = splat_grad(pb.step(s, dx, dy, alpha, G, s_features[j]), s.conic_opacity, half_w, half_h);
                     contributes = true;
                 }
             }

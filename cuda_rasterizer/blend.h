@@ -278,6 +278,38 @@ struct SplatGrad {
 };
 constexpr int SPLAT_GRAD_FLOATS = sizeof(SplatGrad) / sizeof(float);
 
+// What a splat's SplatGrad is made of at one pixel, in a form that is linear
+// in the pixel: with g = dL/d(opacity) at the pixel, the power's gradient
+// is opacity * g (power = -0.5(A dx^2 + C dy^2) - B dx dy), so the mean's
+// and the conic's gradients need only g times dx, dy, dx^2, dx dy and dy^2.
+// Summed over a splat's pixels, these convert to its SplatGrad once
+// (splat_grad), rather than every pixel multiplying by the conic: with
+// `behind_up` below, the CPU's backward took 40 ms on garden instead of 63
+// (benchmarks/RESULTS.md).
+struct SplatGradSums {
+    float opacity_dx, opacity_dy;                  // sum of g dx, g dy
+    float opacity_dxx, opacity_dxy, opacity_dyy;   // sum of g dx^2, g dx dy, g dy^2
+    float opacity;                                 // sum of g
+    float feature[NUM_FEATURES];                   // as SplatGrad's
+};
+static_assert(sizeof(SplatGradSums) == sizeof(SplatGrad), "drivers sum either as SPLAT_GRAD_FLOATS floats");
+
+// The SplatGrad of a splat from the SplatGradSums of its pixels.
+RASTER_HD SplatGrad splat_grad(const SplatGradSums& m, const glm::vec4& conic_opacity, float half_width,
+                               float half_height) {
+    const float A = conic_opacity.x, B = conic_opacity.y, C = conic_opacity.z, opacity = conic_opacity.w;
+    SplatGrad g;
+    // d power / d mean = -(A dx + B dy, B dx + C dy) (dx = mean - pixel)
+    g.mean[0] = -opacity * (A * m.opacity_dx + B * m.opacity_dy) * half_width;
+    g.mean[1] = -opacity * (B * m.opacity_dx + C * m.opacity_dy) * half_height;
+    g.conic[0] = -0.5f * opacity * m.opacity_dxx;
+    g.conic[1] = -opacity * m.opacity_dxy;
+    g.conic[2] = -0.5f * opacity * m.opacity_dyy;
+    g.opacity = m.opacity;
+    for (int k = 0; k < NUM_FEATURES; ++k) g.feature[k] = m.feature[k];
+    return g;
+}
+
 // Upstream gradient at one pixel: colour, importance map, inverse depth
 // (indexed like the features) and the alpha map.
 struct PixelUpstream {
@@ -290,8 +322,10 @@ struct PixelBackward {
     float T;        // transmittance in front of the current splat
     float T_final;
     PixelUpstream up;
-    float final_T_term;                 // dL/dT_final = bg . dL/dcolor - dL/dalpha_map
-    float behind[NUM_FEATURES];         // features accumulated behind the next splat, as if T = 1 there
+    float final_T_term;  // dL/dT_final = bg . dL/dcolor - dL/dalpha_map
+    // up . (the features accumulated behind the next splat, as if T = 1
+    // there): dL/dalpha needs the features behind only in this product
+    float behind_up;
 
     RASTER_HD void init(float final_T, const PixelUpstream& upstream, const float* bg) {
         T = final_T;
@@ -299,39 +333,36 @@ struct PixelBackward {
         up = upstream;
         final_T_term = -upstream.alpha;
         for (int ch = 0; ch < NUM_CHANNELS; ++ch) final_T_term += bg[ch] * upstream.feature[ch];
-        for (int k = 0; k < NUM_FEATURES; ++k) behind[k] = 0.f;
+        behind_up = 0.f;
     }
 
     // One splat that the forward pass blended, visited back to front: restores
-    // T in front of it and returns its gradient contribution. No branches.
-    RASTER_HD SplatGrad step(const Splat& s, float dx, float dy, float alpha, float G, const SplatFeatures& f,
-                             float half_width, float half_height) {
-        SplatGrad g;
+    // T in front of it and returns its gradient contribution (splat_grad()
+    // makes it a SplatGrad). No branches.
+    RASTER_HD SplatGradSums step(const Splat& s, float dx, float dy, float alpha, float G, const SplatFeatures& f) {
+        SplatGradSums g;
         T = T / (1.0f - alpha);
         const float w = alpha * T;
-        float dL_dalpha = 0.f;
+        float f_up = 0.f;  // up . f
         for (int k = 0; k < NUM_FEATURES; ++k) {
-            dL_dalpha += (f.v[k] - behind[k]) * up.feature[k];
+            f_up += f.v[k] * up.feature[k];
             g.feature[k] = w * up.feature[k];
-            // what the next splat (in front of this one) has behind it
-            behind[k] = alpha * f.v[k] + (1.f - alpha) * behind[k];
         }
-        dL_dalpha *= T;
+        float dL_dalpha = (f_up - behind_up) * T;
+        // what the next splat (in front of this one) has behind it
+        behind_up = alpha * f_up + (1.f - alpha) * behind_up;
         // T_final = prod(1 - alpha_j) feeds the background and the alpha map
         dL_dalpha += -T_final / (1.f - alpha) * final_T_term;
 
         // alpha = min(0.99, opacity G): exactly zero gradient where clamped
         const float opacity = s.conic_opacity.w;
         const bool alpha_clamped = opacity * G > ALPHA_MAX;
-        const float dL_dG = alpha_clamped ? 0.f : opacity * dL_dalpha;
         g.opacity = alpha_clamped ? 0.f : G * dL_dalpha;
-        const float dL_dpower = dL_dG * G;
-        const glm::vec4& co = s.conic_opacity;
-        g.mean[0] = dL_dpower * (-co.x * dx - co.y * dy) * half_width;
-        g.mean[1] = dL_dpower * (-co.z * dy - co.y * dx) * half_height;
-        g.conic[0] = dL_dpower * -0.5f * dx * dx;
-        g.conic[1] = dL_dpower * -dx * dy;
-        g.conic[2] = dL_dpower * -0.5f * dy * dy;
+        g.opacity_dx = g.opacity * dx;
+        g.opacity_dy = g.opacity * dy;
+        g.opacity_dxx = g.opacity_dx * dx;
+        g.opacity_dxy = g.opacity_dx * dy;
+        g.opacity_dyy = g.opacity_dy * dy;
         return g;
     }
 };

@@ -139,7 +139,7 @@ RASTER_HD void dgr_exercise(int i, const dgr::GaussianInputs& in, const dgr::Cam
     up.alpha = buf[17];
     dgr::PixelBackward pb;
     pb.init(acc.T, up, buf + 18);
-    const dgr::SplatGrad g = pb.step(s, buf[6], buf[7], alpha, G, f, 8.f, 8.f);
+    const dgr::SplatGrad g = dgr::splat_grad(pb.step(s, buf[6], buf[7], alpha, G, f), s.conic_opacity, 8.f, 8.f);
     dgr::preprocess_gaussian_backward(i, in, cam, 3, 2, g, grads);
     const glm::vec3 t = dgr::transform_point_4x3(glm::vec3(buf[0], buf[1], buf[2]), cam.viewmatrix);
     res[i] = Out(acc.final_color(0, buf) + acc.importance() + acc.invdepth() + g.opacity +
