@@ -690,9 +690,11 @@ struct TileSplats {
     // kept as GRAD_LANES partial sums per field (see backward_step)
     std::vector<float> grad_lanes;
     // forward statistics: per splat, STAT_LANES partial sums of accum_weight,
-    // max_weight and hit_count (see forward_step), and its top_count
+    // max_weight and hit_count (see fold_block_statistics), and its
+    // top_count; per step of a block, the LANES pixels' blended weights
     std::vector<float> accum_lanes, max_lanes;
     std::vector<int32_t> hit_lanes, top_count;
+    std::vector<float> weight_rows;
 
     void reserve(int64_t n) {
         if (n <= capacity) return;
@@ -709,6 +711,7 @@ struct TileSplats {
         max_lanes.assign(size_t(capacity * STAT_LANES), 0.f);
         hit_lanes.assign(size_t(capacity * STAT_LANES), 0);
         top_count.assign(size_t(capacity), 0);
+        weight_rows.assign(size_t(capacity * LANES), 0.f);
     }
     float* field(int f) { return data.data() + f * stride; }
     float* raw_field(int f) { return raw.data() + f * stride; }
@@ -1242,14 +1245,13 @@ struct ForwardLanes {
     alignas(64) float feature[NF][LANES];
     alignas(64) int32_t last[LANES];     // tile-list position + 1 of the last blended splat
     alignas(64) int32_t running[LANES];  // 0 once the pixel is done (or outside the image)
-    alignas(64) float top_weight[LANES];  // statistics only: PixelTopContributor
-    alignas(64) int32_t top_id[LANES];
 };
 
-// Per-lane scratch of the statistics.
+// Per-lane state of the statistics over a block.
 struct StatsLanes {
     alignas(64) float pixel_weight[LANES];
-    alignas(64) float weight[LANES];  // this step's alpha T, or 0 where the pixel did not blend the splat
+    alignas(64) float top_weight[LANES];  // PixelTopContributor
+    alignas(64) int32_t top_id[LANES];
 };
 
 DGR_INLINE bool any_lane(const int32_t* v) {
@@ -1260,9 +1262,11 @@ DGR_INLINE bool any_lane(const int32_t* v) {
 
 // One splat (entry j of the tile) over all pixels of the block: in -> out.
 // Returns whether some pixel of the block is still running.
+// With statistics, writes the weight each pixel blended the splat with (alpha
+// T, 0 where it did not) to weight_row.
 template <bool kStats>
 DGR_INLINE bool forward_step(const ForwardLanes& in, ForwardLanes& out, TileSplats& ts, int32_t j,
-                             const BlockLanes& b, StatsLanes& sl) {
+                             const BlockLanes& b, float* weight_row) {
     const dgr::Splat s = ts.splat(j);
     const dgr::SplatFeatures f = ts.features(j);
     const int32_t position = ts.position[j];
@@ -1280,33 +1284,46 @@ DGR_INLINE bool forward_step(const ForwardLanes& in, ForwardLanes& out, TileSpla
         for (int k = 0; k < NF; ++k) out.feature[k][l] = acc.feature[k];
         out.last[l] = took ? position + 1 : in.last[l];
         out.running[l] = finished ? 0 : in.running[l];
-        if (kStats) {
-            // 0 where the pixel did not blend the splat: a blended alpha T is
-            // always > 0 (alpha >= 1/255, T >= 1e-4), so 0 adds nothing below
-            sl.weight[l] = took ? acc.last_weight : 0.0f;
-            dgr::TopContributor<int32_t> top;
-            top.weight = in.top_weight[l];
-            top.id = in.top_id[l];
-            top.offer(sl.weight[l], j);
-            out.top_weight[l] = top.weight;
-            out.top_id[l] = top.id;
-        }
+        // (0 where the pixel did not blend the splat: a blended alpha T is
+        // always > 0, as alpha >= 1/255 and T >= 1e-4)
+        if (kStats) weight_row[l] = took ? acc.last_weight : 0.0f;
     }
-    if (kStats) {
-        // the pixels' statistics, folded to STAT_LANES partial sums of the
-        // splat in a fixed order, the halvings of lane_tree: lanes l and
-        // l + 2 STAT_LANES, then l and l + STAT_LANES; then the sum so far
-        float* accum = ts.accum_lanes.data() + int64_t(j) * STAT_LANES;
-        float* maxw = ts.max_lanes.data() + int64_t(j) * STAT_LANES;
-        int32_t* hits = ts.hit_lanes.data() + int64_t(j) * STAT_LANES;
-        constexpr int Q = STAT_LANES;
+    return any_lane(out.running);
+}
+
+// The statistics of a block's first n steps (splats list[0, n)), from the
+// weight rows forward_step wrote: each splat's pixels folded to STAT_LANES
+// partial sums (accum_weight, max_weight, hit_count) in a fixed order, the
+// halvings of lane_tree (lanes l and l + 2 STAT_LANES, then l and l +
+// STAT_LANES), then added to the splat's sums so far; and each pixel's top
+// contributor. Done here, after the steps, rather than in each step: a
+// micro-benchmark of the step put the statistics at +44% of it in the step
+// and +24% here, and garden's statistics cost 21% -> 14-17% of a forward
+// (benchmarks/RESULTS.md). The same additions in the same order as in the
+// step: the same bits.
+DGR_INLINE void fold_block_statistics(TileSplats& ts, const int32_t* list, int64_t n, StatsLanes& sl) {
+    constexpr int Q = STAT_LANES;
+    for (int64_t i = 0; i < n; ++i) {
+        const int32_t j = list[i];
+        const float* w = ts.weight_rows.data() + i * LANES;
+#pragma omp simd  // hot: must vectorise (tests/test_cpu_vectorised.py)
+        for (int l = 0; l < LANES; ++l) {
+            dgr::TopContributor<int32_t> top;
+            top.weight = sl.top_weight[l];
+            top.id = sl.top_id[l];
+            top.offer(w[l], j);
+            sl.top_weight[l] = top.weight;
+            sl.top_id[l] = top.id;
+        }
+        float* accum = ts.accum_lanes.data() + int64_t(j) * Q;
+        float* maxw = ts.max_lanes.data() + int64_t(j) * Q;
+        int32_t* hits = ts.hit_lanes.data() + int64_t(j) * Q;
 #pragma omp simd  // hot: must vectorise (tests/test_cpu_vectorised.py)
         for (int l = 0; l < Q; ++l) {
             dgr::SplatStats part[4];
             for (int q = 0; q < 4; ++q) {
-                const float w = sl.weight[l + q * Q];
-                const dgr::SplatStats p = dgr::pixel_stats(w, sl.pixel_weight[l + q * Q]);
-                const bool blended = w > 0.f;
+                const dgr::SplatStats p = dgr::pixel_stats(w[l + q * Q], sl.pixel_weight[l + q * Q]);
+                const bool blended = w[l + q * Q] > 0.f;
                 part[q].accum_weight = blended ? p.accum_weight : 0.f;  // (pw * 0 may be NaN for a non-finite pixel weight)
                 part[q].max_weight = p.max_weight;  // 0 where not blended: leaves max_weight >= 0 as is
                 part[q].hit_count = blended ? p.hit_count : 0;
@@ -1322,7 +1339,6 @@ DGR_INLINE bool forward_step(const ForwardLanes& in, ForwardLanes& out, TileSpla
             hits[l] = fold.hit_count;
         }
     }
-    return any_lane(out.running);
 }
 
 // Front to back over the block's splats, all pixels of the block at once.
@@ -1341,16 +1357,21 @@ DGR_INLINE void forward_block(const ForwardArgs& a, TileSplats& ts, const int32_
         A.running[l] = b.inside[l];
         sl.pixel_weight[l] = kStats && a.pixel_weight != nullptr && b.inside[l] ? a.pixel_weight[b.pix[l]] : 1.0f;
         const dgr::TopContributor<int32_t> top;
-        A.top_weight[l] = 0.f;  // (not top.weight = -1: a splat not blended offers 0, which must not win)
-        A.top_id[l] = top.id;
+        sl.top_weight[l] = 0.f;  // (not top.weight = -1: a splat not blended offers 0, which must not win)
+        sl.top_id[l] = top.id;
     }
+    float* const rows = ts.weight_rows.data();
     const ForwardLanes* fin = &A;
-    for (int64_t i = 0; i < count;) {
+    int64_t i = 0;
+    while (i < count) {
         fin = &B;
-        if (!forward_step<kStats>(A, B, ts, list[i++], b, sl) || i == count) break;
+        ++i;
+        if (!forward_step<kStats>(A, B, ts, list[i - 1], b, rows + (i - 1) * LANES) || i == count) break;
         fin = &A;
-        if (!forward_step<kStats>(B, A, ts, list[i++], b, sl)) break;
+        ++i;
+        if (!forward_step<kStats>(B, A, ts, list[i - 1], b, rows + (i - 1) * LANES)) break;
     }
+    if (kStats) fold_block_statistics(ts, list, i, sl);
     // The pixels' outputs, computed for every lane at once, then copied
     // row by row into the maps (lane by lane, at computed indices, GCC left
     // this loop scalar: a cost per pixel, which a larger image pays more of).
@@ -1388,7 +1409,7 @@ DGR_INLINE void forward_block(const ForwardArgs& a, TileSplats& ts, const int32_
     }
     if (kStats)
         for (int l = 0; l < LANES; ++l)
-            if (b.inside[l] && fin->top_id[l] >= 0) ts.top_count[fin->top_id[l]] += 1;
+            if (b.inside[l] && sl.top_id[l] >= 0) ts.top_count[sl.top_id[l]] += 1;
 }
 
 DGR_MULTIVERSION void forward_tile(const ForwardArgs& a, int64_t tile) {
