@@ -1298,9 +1298,9 @@ DGR_INLINE bool forward_step(const ForwardLanes& in, ForwardLanes& out, TileSpla
 // STAT_LANES), then added to the splat's sums so far; and each pixel's top
 // contributor. Done here, after the steps, rather than in each step: a
 // micro-benchmark of the step put the statistics at +44% of it in the step
-// and +24% here, and garden's statistics cost 21% -> 14-17% of a forward
-// (benchmarks/RESULTS.md). The same additions in the same order as in the
-// step: the same bits.
+// and +24% here; in garden's forward the gain was smaller, a few points of
+// the statistics' cost (benchmarks/RESULTS.md). The same additions in the
+// same order as in the step: the same bits.
 DGR_INLINE void fold_block_statistics(TileSplats& ts, const int32_t* list, int64_t n, StatsLanes& sl) {
     constexpr int Q = STAT_LANES;
     for (int64_t i = 0; i < n; ++i) {
