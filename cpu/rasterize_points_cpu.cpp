@@ -638,7 +638,7 @@ static_assert(LANES == 4 * GRAD_LANES, "backward_step folds the lanes in two hal
 // that every step reads and writes (measured: statistics cost 19.7% -> 17.9%
 // of the forward on garden, benchmarks/RESULTS.md).
 constexpr int STAT_LANES = LANES / 4;
-static_assert(LANES == 4 * STAT_LANES, "forward_step folds the lanes in two halvings");
+static_assert(LANES == 4 * STAT_LANES, "fold_block_statistics folds the lanes in two halvings");
 
 // The functions that hold the vectorised loops are compiled for AVX-512,
 // AVX2 and baseline x86-64, and the loader picks the best the CPU has (GCC's
@@ -1360,18 +1360,19 @@ DGR_INLINE void forward_block(const ForwardArgs& a, TileSplats& ts, const int32_
         sl.top_weight[l] = 0.f;  // (not top.weight = -1: a splat not blended offers 0, which must not win)
         sl.top_id[l] = top.id;
     }
-    float* const rows = ts.weight_rows.data();
+    // (step i writes its statistics' weights to row i)
+    auto step = [&](const ForwardLanes& in, ForwardLanes& out, int64_t i) {
+        return forward_step<kStats>(in, out, ts, list[i], b, ts.weight_rows.data() + i * LANES);
+    };
     const ForwardLanes* fin = &A;
-    int64_t i = 0;
-    while (i < count) {
+    int64_t steps = 0;  // taken
+    while (steps < count) {
         fin = &B;
-        ++i;
-        if (!forward_step<kStats>(A, B, ts, list[i - 1], b, rows + (i - 1) * LANES) || i == count) break;
+        if (!step(A, B, steps++) || steps == count) break;
         fin = &A;
-        ++i;
-        if (!forward_step<kStats>(B, A, ts, list[i - 1], b, rows + (i - 1) * LANES)) break;
+        if (!step(B, A, steps++)) break;
     }
-    if (kStats) fold_block_statistics(ts, list, i, sl);
+    if (kStats) fold_block_statistics(ts, list, steps, sl);
     // The pixels' outputs, computed for every lane at once, then copied
     // row by row into the maps (lane by lane, at computed indices, GCC left
     // this loop scalar: a cost per pixel, which a larger image pays more of).
