@@ -289,3 +289,82 @@ def test_raw_kernel_misuse_raises(outcomes, name):
 
 def test_every_case_has_an_expected_message():
     assert set(EXPECTED) == set(CASES)
+
+
+# The state's value checks run in parts on ATen's threads (rasterize_checks.h,
+# holds_in_parts: parts of 32768 Gaussians or entries, 64 pixel rows), so a
+# bad value in the last part must fail them too. The scene below has more
+# than one part of each; the corrupted value is the last one. A child process
+# with 2 threads (the thread pool cannot be forked), one call per case: an
+# undetected value would read or write out of bounds there.
+LAST_PART_SERVER = r'''
+import json, sys
+import torch
+torch.set_num_threads(2)
+import reliability_support as rs
+from diff_gaussian_rasterization_ks import _C
+from diff_gaussian_rasterization_ks.scenes import random_scene
+import test_kernel_errors as t
+
+scene = random_scene(70000, 200, 240, seed=3)
+with rs.recorded_kernel_calls() as calls:
+    rs.render_and_backward(scene.settings, scene.inputs)
+args, kwargs = calls["backward"][0]
+state = args[t.STATE]
+sizes = dict(P=state[t.S_TILES_TOUCHED].numel(), E=state[t.S_POINTS].numel(), H=state[t.S_N_CONTRIB].shape[0])
+results = {}
+for name, (index, make) in t.LAST_PART_CASES.items():
+    bad = list(state)
+    bad[index] = make(state[index])
+    try:
+        _C.rasterize_backward_cpu(*t._replace(args, t.STATE, bad), **kwargs)
+        results[name] = "returned"
+    except RuntimeError as error:
+        results[name] = str(error)
+print("RESULTS " + json.dumps(dict(sizes=sizes, results=results)))
+'''
+
+
+def _last(t, value):
+    """A copy of t with its last element set to value."""
+    t = t.clone()
+    t.view(-1)[-1] = value
+    return t
+
+
+LAST_PART_CASES = {
+    "tiles_touched": (S_TILES_TOUCHED, lambda t: _last(t, -1)),
+    "gaussian_offsets": (S_OFFSETS, lambda t: torch.cat([t[:-2], t[-2:-1] + 1, t[-1:]])),
+    "point_list": (S_POINTS, lambda t: _last(t, 70000)),
+    "entry_slots out of range": (S_SLOTS, lambda t: _last(t, t.numel())),
+    "entry_slots repeated": (S_SLOTS, lambda t: _last(t, int(t[0]))),
+    "n_contrib": (S_N_CONTRIB, lambda t: _last(t, -1)),
+}
+LAST_PART_EXPECTED = {
+    "tiles_touched": "state.tiles_touched: expected non-negative counts",
+    "gaussian_offsets": "state.gaussian_offsets: expected the exclusive prefix sum",
+    "point_list": "state.point_list: expected Gaussian indices in [0, 70000)",
+    "entry_slots out of range": "state.entry_slots: expected slot indices in [0, ",
+    "entry_slots repeated": "state.entry_slots: expected a permutation",
+    "n_contrib": "state.n_contrib: expected per pixel a count in [0,",
+}
+
+
+def test_state_checks_cover_their_last_part(tmp_path):
+    import diff_gaussian_rasterization_ks
+
+    package = str(Path(diff_gaussian_rasterization_ks.__file__).resolve().parents[1])
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([package, str(HERE), os.environ.get("PYTHONPATH", "")]))
+    env.pop("OMP_NUM_THREADS", None)
+    script = tmp_path / "last_part.py"
+    script.write_text(LAST_PART_SERVER)
+    result = subprocess.run([sys.executable, str(script)], env=env, capture_output=True, text=True, timeout=300,
+                            cwd=str(tmp_path))
+    lines = [line for line in result.stdout.splitlines() if line.startswith("RESULTS ")]
+    assert result.returncode == 0 and lines, f"helper failed ({result.returncode}):\n{result.stderr[-4000:]}"
+    report = json.loads(lines[-1][len("RESULTS "):])
+    sizes = report["sizes"]
+    # more than one part of each check (else this test shows nothing)
+    assert sizes["P"] > 32768 and sizes["E"] > 32768 and sizes["H"] > 64, sizes
+    for name, expected in LAST_PART_EXPECTED.items():
+        assert expected in report["results"][name], f"{name}: {report['results'][name]}"
