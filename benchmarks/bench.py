@@ -412,7 +412,8 @@ def machine_info() -> Dict[str, str]:
 
 def _cpu_seconds():
     """(busy core-seconds of the whole machine, CPU seconds of this process and
-    its children), or None where /proc/stat is missing."""
+    its children, core-seconds stolen by the hypervisor), or None where
+    /proc/stat is missing."""
     try:
         with open("/proc/stat") as f:
             fields = [int(x) for x in f.readline().split()[1:]]
@@ -420,23 +421,30 @@ def _cpu_seconds():
         return None
     # user nice system idle iowait irq softirq steal ...: busy = all but idle and iowait
     busy = sum(fields[:8]) - fields[3] - fields[4]
+    steal = fields[7] if len(fields) > 7 else 0
     own = sum(
         getattr(resource.getrusage(who), f) for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)
         for f in ("ru_utime", "ru_stime")
     )
-    return busy / os.sysconf("SC_CLK_TCK"), own
+    tick = os.sysconf("SC_CLK_TCK")
+    return busy / tick, own, steal / tick
 
 
 def contention(start, wall_s: float) -> str:
-    """How much CPU time other processes took while the benchmark ran."""
+    """How much CPU time other processes took while the benchmark ran, and
+    how much the hypervisor took from this virtual machine (steal: time its
+    cores were runnable but not running, which other processes' count cannot
+    show; on a shared host it is what makes a run busy)."""
     end = _cpu_seconds()
     if start is None or end is None:
         return "CPU time of other processes: unknown"
-    other = max(0.0, (end[0] - start[0]) - (end[1] - start[1]))
+    steal = max(0.0, end[2] - start[2])
+    other = max(0.0, (end[0] - start[0]) - (end[1] - start[1]) - steal)
     cores = os.cpu_count() or 1
+    total = max(wall_s * cores, 1e-9)
     return (
         f"other processes used {other:.0f} of the {wall_s * cores:.0f} core-seconds of this run "
-        f"({100 * other / max(wall_s * cores, 1e-9):.0f}%)"
+        f"({100 * other / total:.0f}%); the hypervisor took {steal:.0f} ({100 * steal / total:.0f}%)"
     )
 
 
