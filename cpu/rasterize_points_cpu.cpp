@@ -955,18 +955,18 @@ DGR_INLINE int32_t lane_count(const int32_t* v) {
 // rasterize_checks.h) is a permutation: a repeated slot would have two
 // entries write one gradient and leave another slot unwritten, which the
 // per-Gaussian sum would then read. One byte per slot, marked in parallel
-// (relaxed atomic stores of the same value), then one pass that checks them.
+// (relaxed atomic stores of the same value), then checked in parts
+// (holds_in_parts, as the other state checks).
 void check_entry_slots_permutation(const int64_t* entry_slots, int64_t num_entries) {
     ScratchArray<uint8_t> seen(num_entries, "rasterize_backward_cpu: entry_slots check", true);
     uint8_t* mark = seen.get();
     at::parallel_for(0, num_entries, 16384, [&](int64_t begin, int64_t end) {
         for (int64_t e = begin; e < end; ++e) __atomic_store_n(&mark[entry_slots[e]], uint8_t(1), __ATOMIC_RELAXED);
     });
-    std::atomic<bool> complete{true};
-    at::parallel_for(0, num_entries, 1 << 16, [&](int64_t begin, int64_t end) {
+    const bool complete = dgr::checks::holds_in_parts(num_entries, [mark](int64_t begin, int64_t end) {
         uint8_t all = 1;
         for (int64_t k = begin; k < end; ++k) all &= mark[k];
-        if (!all) complete = false;
+        return all != 0;
     });
     TORCH_CHECK(complete, "rasterize_backward_cpu: state.entry_slots: expected a permutation of [0, E) (E = ",
                 num_entries, " from state.point_list), got repeated slots");
