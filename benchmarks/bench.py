@@ -6,6 +6,7 @@ to the pure-PyTorch reference.
     python benchmarks/bench.py --scenes garden dense --repeats 7 --markdown
     python benchmarks/bench.py --scenes garden --stats --scaling --no-reference
     python benchmarks/bench.py --root ../baseline   # time another built checkout
+    python benchmarks/bench.py --growth --stats --repeats 15  # x3 / 2x growth, in turns
 
 For each scene it reports the median (and the range) of `--repeats` timed runs
 after one warm-up run of
@@ -20,7 +21,8 @@ after one warm-up run of
                      gradient back);
 * with `--stats`:    the forward with the per-Gaussian statistics on
                      (`render(..., stats=True)`), and its cost over the plain
-                     forward;
+                     forward (the median over rounds of the two calls'
+                     ratio, see below);
 * with `--scaling`:  forward and forward+backward also with 1 thread, and the
                      speed-up of `--threads` threads over 1;
 
@@ -364,6 +366,47 @@ def bench(name: str, scene: Scene, backends: List[str], args) -> List[dict]:
     return rows
 
 
+GROWTH_SCENES = ("garden", "garden-x3", "garden-2x")
+
+
+def growth(args) -> None:
+    """`--growth`: garden, garden-x3 and garden-2x loaded together and timed
+    in turns (forward, forward+backward, and with `--stats` the statistics
+    variant), so that each round holds one call of each, taken within a
+    second of one another. Prints, per scene, its evaluations and time over
+    garden's, as the median (and range) of the rounds' own ratios: a ratio
+    taken within one round cancels the drift of a shared machine that the
+    ratio of two scenes timed minutes apart (the main table's) carries."""
+    scenes = {name: build_scene(name, args) for name in GROWTH_SCENES}
+    fns = {}
+    for name, scene in scenes.items():
+        fns[(name, "fwd")] = _forward_fn("cpu", scene)
+        fns[(name, "fwdbwd")] = _forward_backward_fn("cpu", scene)
+        if args.stats:
+            fns[(name, "fwd_stats")] = _forward_fn("cpu", scene, stats=True)
+    times = timed(fns, args.repeats, {key: args.threads for key in fns})
+    pairs = {}
+    for name, scene in scenes.items():
+        with torch.no_grad():
+            pairs[name] = binned_pairs(scene, fns[(name, "fwd")]().radii)
+
+    def round_ratios(a, b) -> str:
+        r = _round_ratios(times[a], times[b])
+        return f"{statistics.median(r):.2f} ({min(r):.2f}-{max(r):.2f})"
+
+    base = GROWTH_SCENES[0]
+    for name in GROWTH_SCENES:
+        line = f"{name:10s} fwd {_ms(times[(name, 'fwd')])} ms  fwd+bwd {_ms(times[(name, 'fwdbwd')])} ms"
+        if name != base:
+            line += (f"  / {base}: evaluations {pairs[name] / pairs[base]:.2f}, "
+                     f"forward {round_ratios((name, 'fwd'), (base, 'fwd'))}, "
+                     f"forward+backward {round_ratios((name, 'fwdbwd'), (base, 'fwdbwd'))}")
+        if args.stats:
+            cost = [x - 1 for x in _round_ratios(times[(name, "fwd_stats")], times[(name, "fwd")])]
+            line += f"  stats cost {100 * statistics.median(cost):+.0f}% ({100 * min(cost):+.0f}% to {100 * max(cost):+.0f}%)"
+        print(line, flush=True)
+
+
 def agreement(scene: Scene) -> float:
     """Largest |difference| between the CPU backend's and the reference's image
     and importance map on `scene` (a sanity check that both render the same)."""
@@ -454,6 +497,13 @@ def _ms(times: List[float]) -> str:
     return f"{statistics.median(times):.{d}f} ({min(times):.{d}f}-{max(times):.{d}f})"
 
 
+def _round_ratios(a: List[float], b: List[float]) -> List[float]:
+    """a[k] / b[k] for each round k of `timed` (its functions take turns, so
+    a round's calls ran within seconds of one another: their ratio cancels
+    the drift of a shared machine that a ratio of medians keeps)."""
+    return [x / y for x, y in zip(a, b)]
+
+
 def _rate(pairs: int, times: List[float], cores: int = 1) -> str:
     """Evaluations per second (per core), in 10^9."""
     return f"{pairs / (statistics.median(times) / 1e3) / 1e9 / cores:.3g}"
@@ -463,7 +513,7 @@ def _extras(r: dict) -> List[tuple]:
     """(label, value) of the optional figures: statistics cost, 1-thread times, speed-up."""
     out = []
     if r.get("fwd_stats"):
-        cost = statistics.median(r["fwd_stats"]) / statistics.median(r["fwd"]) - 1
+        cost = statistics.median(_round_ratios(r["fwd_stats"], r["fwd"])) - 1
         out.append(("forward ms, stats on", _ms(r["fwd_stats"])))
         out.append(("stats cost", f"{100 * cost:+.0f}%"))
     if r.get("fwd_1t"):
@@ -545,6 +595,9 @@ def main(argv: Optional[List[str]] = None) -> None:
                         help="also time the forward with per-Gaussian statistics on, and report their cost")
     parser.add_argument("--scaling", action="store_true",
                         help="also time forward and forward+backward with 1 thread, and report the speed-up")
+    parser.add_argument("--growth", action="store_true",
+                        help="time garden, garden-x3 and garden-2x in turns in one process and report their "
+                        "growth over garden as ratios within each round (instead of the table)")
     parser.add_argument("--root", type=Path, default=ROOT,
                         help="import the package from this checkout (with a built extension) instead of this one")
     parser.add_argument("--peak-child", nargs=2, metavar=("SCENE", "BACKEND"), help=argparse.SUPPRESS)
@@ -566,6 +619,10 @@ def main(argv: Optional[List[str]] = None) -> None:
         flush=True,
     )
     start, t_start = _cpu_seconds(), time.perf_counter()
+    if args.growth:
+        growth(args)
+        print(f"\n({contention(start, time.perf_counter() - t_start)})")
+        return
 
     rows = []
     for name in args.scenes:

@@ -1901,8 +1901,20 @@ std::vector<torch::Tensor> rasterize_forward_cpu(
         float* maxw = max_weight.data_ptr<float>();
         int* hits = hit_count.data_ptr<int>();
         int* tops = top_count.data_ptr<int>();
-        at::parallel_for(0, P, 1024, [&](int64_t begin, int64_t end) {
-            for (int64_t i = begin; i < end; ++i) {
+        // Per chunk of the preprocess: zeros for all (a Gaussian with no
+        // entries sums to zero), then the sums of the ones with entries,
+        // which its run lists. (A loop over every Gaussian branched on each
+        // one's entry count: garden-x3's million Gaussians, 70% without
+        // entries, took ~6 ms.)
+        parallel_for_chunks(P, VisibleRuns::CHUNK, [&](int64_t begin, int64_t end) {
+            std::fill(accum + begin, accum + end, 0.f);
+            std::fill(maxw + begin, maxw + end, 0.f);
+            std::fill(hits + begin, hits + end, 0);
+            std::fill(tops + begin, tops + end, 0);
+            const int64_t chunk = begin / VisibleRuns::CHUNK;
+            const uint64_t* items = runs.items.get() + begin;
+            for (int64_t v = 0; v < runs.found[size_t(chunk)]; ++v) {
+                const int64_t i = int64_t(uint32_t(items[v]));  // (the run's item: depth bits << 32 | index)
                 dgr::SplatStats sum{0.f, 0.f, 0, 0};
                 for (int64_t k = offsets[i]; k < offsets[i + 1]; ++k) dgr::merge_stats(sum, slot_stats[k]);
                 accum[i] = sum.accum_weight;
