@@ -353,7 +353,8 @@ struct Binning {
 
 // The depth-sort items (depth bits << 32 | index) of the visible Gaussians
 // (tiles_touched > 0) of each chunk of CHUNK Gaussians, compacted where the
-// chunk starts, with their count and key range: added by the preprocess as
+// chunk starts, with their count and key range (the statistics' sum reads
+// them too, as the list of Gaussians with entries): added by the preprocess as
 // it finds them (a pass of its own over a million Gaussians read 8 MB: ~1 ms
 // of garden-x3; one over each chunk after its preprocess, ~0.6 ms).
 struct VisibleRuns {
@@ -1903,9 +1904,9 @@ std::vector<torch::Tensor> rasterize_forward_cpu(
         int* tops = top_count.data_ptr<int>();
         // Per chunk of the preprocess: zeros for all (a Gaussian with no
         // entries sums to zero), then the sums of the ones with entries,
-        // which its run lists. (A loop over every Gaussian branched on each
-        // one's entry count: garden-x3's million Gaussians, 70% without
-        // entries, took ~6 ms.)
+        // which its run lists. (A loop over every Gaussian, branching on
+        // each one's entry count, took 4.5 ms on garden-x3's million, 70%
+        // of them without entries; this, 4.0 ms: benchmarks/RESULTS.md.)
         parallel_for_chunks(P, VisibleRuns::CHUNK, [&](int64_t begin, int64_t end) {
             std::fill(accum + begin, accum + end, 0.f);
             std::fill(maxw + begin, maxw + end, 0.f);
