@@ -368,6 +368,8 @@ struct VisibleRuns {
           key_min(found.size()),
           key_max(found.size()) {}
     int64_t chunks() const { return int64_t(found.size()); }
+    // The Gaussian of an item (its low 32 bits: see Run::add).
+    static int32_t gaussian_of(uint64_t item) { return int32_t(uint32_t(item)); }
 
     // The run of the chunk of Gaussians [begin, ...): add() each visible
     // one in order, then close().
@@ -444,7 +446,7 @@ ScratchArray<int32_t> depth_order(const VisibleRuns& runs, int64_t& V) {
     }
     ScratchArray<int32_t> order(n, "bin_gaussians: depth order", false);
     at::parallel_for(0, n, 16384, [&](int64_t begin, int64_t end) {
-        for (int64_t i = begin; i < end; ++i) order[i] = int32_t(uint32_t(a[i]));
+        for (int64_t i = begin; i < end; ++i) order[i] = VisibleRuns::gaussian_of(a[i]);
     });
     return order;
 }
@@ -1912,10 +1914,10 @@ std::vector<torch::Tensor> rasterize_forward_cpu(
             std::fill(maxw + begin, maxw + end, 0.f);
             std::fill(hits + begin, hits + end, 0);
             std::fill(tops + begin, tops + end, 0);
-            const int64_t chunk = begin / VisibleRuns::CHUNK;
             const uint64_t* items = runs.items.get() + begin;
-            for (int64_t v = 0; v < runs.found[size_t(chunk)]; ++v) {
-                const int64_t i = int64_t(uint32_t(items[v]));  // (the run's item: depth bits << 32 | index)
+            const int64_t found = runs.found[size_t(begin / VisibleRuns::CHUNK)];
+            for (int64_t v = 0; v < found; ++v) {
+                const int64_t i = VisibleRuns::gaussian_of(items[v]);
                 dgr::SplatStats sum{0.f, 0.f, 0, 0};
                 for (int64_t k = offsets[i]; k < offsets[i + 1]; ++k) dgr::merge_stats(sum, slot_stats[k]);
                 accum[i] = sum.accum_weight;
