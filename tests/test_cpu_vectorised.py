@@ -91,3 +91,21 @@ def test_hot_per_pixel_loops_are_vectorised(tmp_path):
         assert not failures, f"the loop of the pragma at line {pragma} is not vectorised:\n" + "\n".join(failures)
         # one report per vectorised copy: baseline, AVX2 and AVX-512 clones at least
         assert len(inside) >= 3, f"the loop of the pragma at line {pragma}: vectorised {len(inside)} times, expected >= 3"
+
+
+@pytest.mark.skipif(shutil.which("nm") is None, reason="needs nm (binutils, which the compiler comes with)")
+def test_force_inlined_helpers_have_no_out_of_line_copy():
+    """The helpers of the multiversioned loops (DGR_INLINE functions, and the
+    lambdas in them) must be inlined into each clone: an out-of-line copy is
+    compiled for baseline x86-64 only, and a render through it ran the per-pixel
+    loop at SSE width, several times slower (GCC once outlined the forward's
+    step lambda under `flatten`). None may appear in the built extension."""
+    from diff_gaussian_rasterization_ks import _backend
+
+    assert _backend._C is not None, "the compiled extension failed to import"
+    names = re.findall(r"^DGR_INLINE [^(]*?\b(\w+)\(", SOURCE.read_text(), re.M)
+    assert {"forward_step", "forward_block", "backward_step", "backward_block"} <= set(names)
+    symbols = subprocess.run(["nm", "-C", _backend._C.__file__], capture_output=True, text=True, check=True).stdout
+    outlined = [line for line in symbols.splitlines()
+                if any(re.search(rf"::{name}[(<]", line) for name in names)]
+    assert not outlined, "out-of-line copies of force-inlined helpers:\n" + "\n".join(outlined)
