@@ -700,10 +700,10 @@ struct TileSplats {
     std::vector<float> accum_lanes, max_lanes;
     std::vector<int32_t> hit_lanes, top_count;
     std::vector<float> weight_rows;
-    // splats [0, stats_reached) of the tile some block stepped over: the
-    // statistics' sums are zeroed as far as the steps reach (start_statistics,
-    // fold_block_statistics), and only those splats are flushed. Blocks stop
-    // early: on garden-2x, 37% of the tiles' splats were never reached.
+    // splats [0, stats_reached) of the tile some block stepped over (reset
+    // by forward_tile): fold_block_statistics zeroes their sums as its steps
+    // reach further, and forward_tile flushes only those. Blocks stop early:
+    // on garden-2x, 37% of the tiles' splats were never reached.
     int64_t stats_reached = 0;
 
     void reserve(int64_t n) {
