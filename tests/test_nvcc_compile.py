@@ -37,7 +37,9 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 HEADER_DIR = ROOT / "cuda_rasterizer"
-_SKIP_DIRS = {"build", "dist", "third_party", "node_modules", "__pycache__"}
+# (site-packages: a virtual environment made inside the checkout, e.g. venv/,
+# holds torch's own .cu templates, which are not ours and do not compile alone)
+_SKIP_DIRS = {"build", "dist", "third_party", "node_modules", "__pycache__", "site-packages"}
 
 
 def _find_nvcc():
