@@ -636,12 +636,10 @@ constexpr int NF = dgr::NUM_FEATURES;
 constexpr int GRAD_FLOATS = dgr::SPLAT_GRAD_FLOATS;
 constexpr int GRAD_LANES = 8;  // partial sums per gradient field and splat in the backward
 static_assert(LANES == 4 * GRAD_LANES, "backward_step folds the lanes in two halvings");
-// partial sums per statistic and splat in the forward: a quarter of the
-// lanes (one AVX2 register). Half the lanes took twice the memory per splat
-// that every step reads and writes (measured: statistics cost 19.7% -> 17.9%
-// of the forward on garden, benchmarks/RESULTS.md).
-constexpr int STAT_LANES = LANES / 4;
-static_assert(LANES == 4 * STAT_LANES, "fold_block_statistics folds the lanes in two halvings");
+// partial sums per statistic and splat in the forward: half the lanes, so
+// that one halving folds a row of weights (fold_block_statistics).
+constexpr int STAT_LANES = LANES / 2;
+static_assert(LANES == 2 * STAT_LANES, "fold_block_statistics folds the lanes in one halving");
 
 // The functions that hold the vectorised loops are compiled for AVX-512,
 // AVX2 and baseline x86-64, and the loader picks the best the CPU has (GCC's
@@ -665,6 +663,14 @@ bool culling_enabled() {
     const char* v = std::getenv("DGR_CPU_CULL");
     return v == nullptr || std::strcmp(v, "0") != 0;
 }
+
+// One splat's partial sums of its statistics over a tile's pixels so far,
+// STAT_LANES of each, side by side: one address per splat for the fold.
+struct alignas(64) SplatStatLanes {
+    float accum[STAT_LANES];
+    float max[STAT_LANES];
+    int32_t hits[STAT_LANES];
+};
 
 // Inclusive rectangle of pixel coordinates.
 struct PixelRect {
@@ -697,8 +703,8 @@ struct TileSplats {
     // forward statistics: per splat, STAT_LANES partial sums of accum_weight,
     // max_weight and hit_count (see fold_block_statistics), and its
     // top_count; per step of a block, the LANES pixels' blended weights
-    std::vector<float> accum_lanes, max_lanes;
-    std::vector<int32_t> hit_lanes, top_count;
+    std::vector<SplatStatLanes> stat_lanes;
+    std::vector<int32_t> top_count;
     std::vector<float> weight_rows;
     // splats [0, stats_reached) of the tile some block stepped over (reset
     // by forward_tile): fold_block_statistics zeroes their sums as its steps
@@ -717,9 +723,7 @@ struct TileSplats {
         flags.assign(size_t(capacity), 0);
         list.assign(size_t(capacity), 0);
         grad_lanes.assign(size_t(capacity * GRAD_FLOATS * GRAD_LANES), 0.f);
-        accum_lanes.assign(size_t(capacity * STAT_LANES), 0.f);
-        max_lanes.assign(size_t(capacity * STAT_LANES), 0.f);
-        hit_lanes.assign(size_t(capacity * STAT_LANES), 0);
+        stat_lanes.assign(size_t(capacity), SplatStatLanes{});
         top_count.assign(size_t(capacity), 0);
         weight_rows.assign(size_t(capacity * LANES), 0.f);
     }
@@ -1303,23 +1307,20 @@ DGR_INLINE bool forward_step(const ForwardLanes& in, ForwardLanes& out, TileSpla
 
 // The statistics of a block's first n steps (splats list[0, n)), from the
 // weight rows forward_step wrote: each splat's pixels folded to STAT_LANES
-// partial sums (accum_weight, max_weight, hit_count) in a fixed order, the
-// halvings of lane_tree (lanes l and l + 2 STAT_LANES, then l and l +
-// STAT_LANES), then added to the splat's sums so far; and each pixel's top
-// contributor. Done here, after the steps, rather than in each step: a
-// micro-benchmark of the step put the statistics at +44% of it in the step
-// and +24% here; in garden's forward the gain was smaller, a few points of
-// the statistics' cost (benchmarks/RESULTS.md). The same additions in the
-// same order as in the step: the same bits.
+// partial sums (accum_weight, max_weight, hit_count) in a fixed order, lanes
+// l and l + STAT_LANES, then added to the splat's sums so far; and each
+// pixel's top contributor. Done here, after the steps, rather than in each
+// step: a micro-benchmark of the step put the statistics at +44% of it in
+// the step and +24% here (benchmarks/RESULTS.md). kPixelWeights: whether
+// sl.pixel_weight holds the caller's weights (else all are 1).
+template <bool kPixelWeights>
 DGR_INLINE void fold_block_statistics(TileSplats& ts, const int32_t* list, int64_t n, StatsLanes& sl) {
     constexpr int Q = STAT_LANES;
     const float* pixel_weight = sl.pixel_weight;
     const int64_t reach = n > 0 ? list[n - 1] + 1 : 0;  // (the list ascends)
     if (reach > ts.stats_reached) {
         const int64_t from = ts.stats_reached, count = reach - from;
-        std::fill_n(ts.accum_lanes.data() + from * Q, count * Q, 0.f);
-        std::fill_n(ts.max_lanes.data() + from * Q, count * Q, 0.f);
-        std::fill_n(ts.hit_lanes.data() + from * Q, count * Q, 0);
+        std::fill_n(ts.stat_lanes.data() + from, count, SplatStatLanes{});
         std::fill_n(ts.top_count.data() + from, count, 0);
         ts.stats_reached = reach;
     }
@@ -1335,39 +1336,28 @@ DGR_INLINE void fold_block_statistics(TileSplats& ts, const int32_t* list, int64
             sl.top_weight[l] = top.weight;
             sl.top_id[l] = top.id;
         }
-        // The first halving over 2 Q lanes (a whole AVX-512 register; in one
-        // loop with the second, GCC did both at the second's width: 48 -> 37
-        // instructions a row). Written out rather than through pixel_stats
-        // and merge_stats, whose struct GCC then failed to vectorise: the
-        // same terms, pixel_weight * w where the pixel blended the splat (w >
-        // 0) and 0 where not (pixel_weight * 0 may be NaN for a non-finite
-        // pixel weight), w as its max_weight (0 where not blended: leaves a
-        // max_weight >= 0 as it is), and merge_stats' max (the second lane
-        // where greater). The products are taken unconditionally: a
-        // conditional load kept the baseline x86-64 clone scalar.
-        alignas(64) float accum_half[2 * Q], max_half[2 * Q];
-        alignas(64) int32_t hits_half[2 * Q];
-#pragma omp simd  // hot: must vectorise (tests/test_cpu_vectorised.py)
-        for (int l = 0; l < 2 * Q; ++l) {
-            const float w0 = w[l], w1 = w[l + 2 * Q];
-            const float p0 = pixel_weight[l] * w0, p1 = pixel_weight[l + 2 * Q] * w1;
-            accum_half[l] = (w0 > 0.f ? p0 : 0.f) + (w1 > 0.f ? p1 : 0.f);
-            max_half[l] = w1 > w0 ? w1 : w0;
-            hits_half[l] = int32_t(w0 > 0.f) + int32_t(w1 > 0.f);
-        }
-        float* accum = ts.accum_lanes.data() + int64_t(j) * Q;
-        float* maxw = ts.max_lanes.data() + int64_t(j) * Q;
-        int32_t* hits = ts.hit_lanes.data() + int64_t(j) * Q;
+        // The pair of lanes written out rather than through pixel_stats and
+        // merge_stats, whose struct GCC failed to vectorise there: the same
+        // terms, pixel_weight * w where the pixel blended the splat (w > 0)
+        // and 0 where not (pixel_weight * 0 may be NaN for a non-finite
+        // pixel weight; without pixel weights, w itself: 1 * w is w, and w is
+        // 0 where not blended), w as its max_weight (0 where not blended:
+        // leaves a max_weight >= 0 as it is), and merge_stats' max (the
+        // second lane where greater). The products are taken
+        // unconditionally: a conditional load kept the baseline x86-64 clone
+        // scalar.
+        SplatStatLanes& sums = ts.stat_lanes[j];
 #pragma omp simd  // hot: must vectorise (tests/test_cpu_vectorised.py)
         for (int l = 0; l < Q; ++l) {
-            dgr::SplatStats part{accum_half[l], max_half[l], hits_half[l], 0};
-            const dgr::SplatStats upper{accum_half[l + Q], max_half[l + Q], hits_half[l + Q], 0};
-            dgr::merge_stats(part, upper);
-            dgr::SplatStats fold{accum[l], maxw[l], hits[l], 0};
-            dgr::merge_stats(fold, part);
-            accum[l] = fold.accum_weight;
-            maxw[l] = fold.max_weight;
-            hits[l] = fold.hit_count;
+            const float w0 = w[l], w1 = w[l + Q];
+            const float p0 = pixel_weight[l] * w0, p1 = pixel_weight[l + Q] * w1;
+            const dgr::SplatStats pair{kPixelWeights ? (w0 > 0.f ? p0 : 0.f) + (w1 > 0.f ? p1 : 0.f) : w0 + w1,
+                                       w1 > w0 ? w1 : w0, int32_t(w0 > 0.f) + int32_t(w1 > 0.f), 0};
+            dgr::SplatStats sum{sums.accum[l], sums.max[l], sums.hits[l], 0};
+            dgr::merge_stats(sum, pair);
+            sums.accum[l] = sum.accum_weight;
+            sums.max[l] = sum.max_weight;
+            sums.hits[l] = sum.hit_count;
         }
     }
 }
@@ -1386,11 +1376,18 @@ DGR_INLINE void forward_block(const ForwardArgs& a, TileSplats& ts, const int32_
         for (int k = 0; k < NF; ++k) A.feature[k][l] = acc.feature[k];
         A.last[l] = 0;
         A.running[l] = b.inside[l];
-        sl.pixel_weight[l] = kStats && a.pixel_weight != nullptr && b.inside[l] ? a.pixel_weight[b.pix[l]] : 1.0f;
         const dgr::TopContributor<int32_t> top;
         sl.top_weight[l] = 0.f;  // (not top.weight = -1: a splat not blended offers 0, which must not win)
         sl.top_id[l] = top.id;
     }
+    // (read by the statistics' fold with pixel weights only; b.pix is 0, a
+    // valid pixel, outside the image, so the load needs no branch, which GCC
+    // had left in a scalar loop that cost more than the fold's first stage)
+    if (kStats && a.pixel_weight != nullptr)
+        for (int l = 0; l < LANES; ++l) {
+            const float weight = a.pixel_weight[b.pix[l]];
+            sl.pixel_weight[l] = b.inside[l] ? weight : 1.0f;
+        }
     // (step i writes its statistics' weights to row i)
     // (force-inlined: `flatten` alone once left it out of line, unvectorised
     // past baseline x86-64, when the statistics' fold grew)
@@ -1405,7 +1402,12 @@ DGR_INLINE void forward_block(const ForwardArgs& a, TileSplats& ts, const int32_
         fin = &A;
         if (!step(B, A, steps++)) break;
     }
-    if (kStats) fold_block_statistics(ts, list, steps, sl);
+    if (kStats) {
+        if (a.pixel_weight != nullptr)
+            fold_block_statistics<true>(ts, list, steps, sl);
+        else
+            fold_block_statistics<false>(ts, list, steps, sl);
+    }
     // The pixels' outputs, computed for every lane at once, then copied
     // row by row into the maps (lane by lane, at computed indices, GCC left
     // this loop scalar: a cost per pixel, which a larger image pays more of).
@@ -1463,19 +1465,29 @@ DGR_MULTIVERSION void forward_tile(const ForwardArgs& a, int64_t tile) {
             forward_block<false>(a, ts, ts.list.data(), count, r);
     }
     if (!stats) return;
-    // the statistics of the entries some pixel blended, at their slots (so
+    // The statistics of the entries some pixel blended, at their slots (so
     // that the per-Gaussian sum reads its entries in a row); the others stay
-    // zero, as the buffer was allocated (see rasterize_forward_cpu)
+    // zero, as the buffer was allocated (see rasterize_forward_cpu). Those
+    // splats are listed first, without a branch (about half the splats the
+    // blocks reached blended no pixel, at random: a branch per splat
+    // mispredicted, and writing zeros too dirtied their lines), into `list`,
+    // which the blocks are done with; then only their slots are fetched.
     const int64_t m = ts.stats_reached;
+    int32_t* blended = ts.list.data();
+    int64_t n = 0;
     for (int64_t j = 0; j < m; ++j) {
-        if (j + SCATTERED_PREFETCH_AHEAD < m)
-            __builtin_prefetch(a.slot_stats + a.entry_slot[begin + ts.position[j + SCATTERED_PREFETCH_AHEAD]], 1);
-        const int32_t hits = lane_count<STAT_LANES>(ts.hit_lanes.data() + j * STAT_LANES);
-        if (hits == 0) continue;
+        blended[n] = int32_t(j);
+        n += lane_count<STAT_LANES>(ts.stat_lanes[j].hits) > 0 ? 1 : 0;
+    }
+    for (int64_t k = 0; k < n; ++k) {
+        if (k + SCATTERED_PREFETCH_AHEAD < n)
+            __builtin_prefetch(a.slot_stats + a.entry_slot[begin + ts.position[blended[k + SCATTERED_PREFETCH_AHEAD]]], 1);
+        const int32_t j = blended[k];
+        const SplatStatLanes& sums = ts.stat_lanes[j];
         dgr::SplatStats& e = a.slot_stats[a.entry_slot[begin + ts.position[j]]];  // field by field: no struct copy
-        e.accum_weight = lane_sum<STAT_LANES>(ts.accum_lanes.data() + j * STAT_LANES);
-        e.max_weight = lane_max<STAT_LANES>(ts.max_lanes.data() + j * STAT_LANES);
-        e.hit_count = hits;
+        e.accum_weight = lane_sum<STAT_LANES>(sums.accum);
+        e.max_weight = lane_max<STAT_LANES>(sums.max);
+        e.hit_count = lane_count<STAT_LANES>(sums.hits);
         e.top_count = ts.top_count[j];
     }
 }
