@@ -1350,7 +1350,9 @@ DGR_INLINE void fold_block_statistics(TileSplats& ts, const int32_t* list, int64
 #pragma omp simd  // hot: must vectorise (tests/test_cpu_vectorised.py)
         for (int l = 0; l < Q; ++l) {
             const float w0 = w[l], w1 = w[l + Q];
-            const float p0 = pixel_weight[l] * w0, p1 = pixel_weight[l + Q] * w1;
+            // (sl.pixel_weight is not set without pixel weights: not read then)
+            const float p0 = kPixelWeights ? pixel_weight[l] * w0 : 0.f;
+            const float p1 = kPixelWeights ? pixel_weight[l + Q] * w1 : 0.f;
             const dgr::SplatStats pair{kPixelWeights ? (w0 > 0.f ? p0 : 0.f) + (w1 > 0.f ? p1 : 0.f) : w0 + w1,
                                        w1 > w0 ? w1 : w0, int32_t(w0 > 0.f) + int32_t(w1 > 0.f), 0};
             dgr::SplatStats sum{sums.accum[l], sums.max[l], sums.hits[l], 0};
