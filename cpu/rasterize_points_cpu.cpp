@@ -956,8 +956,8 @@ template <int N>
 DGR_INLINE float lane_sum(const float* v) {
     return lane_tree<N>(v, [](auto a, auto b) { return a + b; });
 }
-template <int N>
-DGR_INLINE float lane_max(const float* v) {
+template <int N, typename T>
+DGR_INLINE T lane_max(const T* v) {
     return lane_tree<N>(v, [](auto a, auto b) { return b > a ? b : a; });
 }
 template <int N>
@@ -1364,6 +1364,28 @@ DGR_INLINE void fold_block_statistics(TileSplats& ts, const int32_t* list, int64
     }
 }
 
+// Each pixel of the block adds one to its top contributor's top_count: one
+// splat at a time (the largest id left first), all of its pixels at once.
+// (Pixel by pixel, each increment waited on the one before it to the same
+// counter, as neighbouring pixels mostly share their top contributor: 2.7%
+// of forward_tile's samples on garden, against ~0.7% this way.)
+DGR_INLINE void count_top_contributors(TileSplats& ts, const BlockLanes& b, const StatsLanes& sl) {
+    alignas(64) int32_t id[LANES];
+    for (int l = 0; l < LANES; ++l) id[l] = b.inside[l] ? sl.top_id[l] : -1;  // (-1: none)
+    for (;;) {
+        const int32_t top = lane_max<LANES>(id);
+        if (top < 0) return;
+        int32_t pixels = 0;
+#pragma omp simd reduction(+ : pixels)
+        for (int l = 0; l < LANES; ++l) {
+            const bool is_top = id[l] == top;
+            pixels += is_top ? 1 : 0;
+            id[l] = is_top ? -1 : id[l];
+        }
+        ts.top_count[top] += pixels;
+    }
+}
+
 // Front to back over the block's splats, all pixels of the block at once.
 template <bool kStats>
 DGR_INLINE void forward_block(const ForwardArgs& a, TileSplats& ts, const int32_t* list, int64_t count,
@@ -1446,9 +1468,7 @@ DGR_INLINE void forward_block(const ForwardArgs& a, TileSplats& ts, const int32_
         for (int m = 0; m < NUM_MAPS; ++m) copy_row(maps[m] + row * BLOCK_W, map_out[m] + first);
         copy_row(fin->last + row * BLOCK_W, a.n_contrib + first);
     }
-    if (kStats)
-        for (int l = 0; l < LANES; ++l)
-            if (b.inside[l] && sl.top_id[l] >= 0) ts.top_count[sl.top_id[l]] += 1;
+    if (kStats) count_top_contributors(ts, b, sl);
 }
 
 DGR_MULTIVERSION void forward_tile(const ForwardArgs& a, int64_t tile) {
