@@ -17,6 +17,7 @@
 #include <mutex>
 #include <numeric>
 #include <type_traits>
+#include <utility>
 #if defined(__linux__)
 #include <sys/mman.h>
 #endif
@@ -300,9 +301,9 @@ TileGrid make_grid(int64_t height, int64_t width) {
 // cannot alias what it read). Each part counts its buckets, the cursors run
 // bucket by bucket and part by part, and each part places its items from its
 // own cursors: the order within a bucket is the items' order for any number
-// of parts.
+// of parts. Returns where each bucket starts (and, last, n).
 template <typename BucketOf, typename Place>
-void counting_sort_in_chunks(int64_t n, int64_t chunks, int64_t buckets, const BucketOf& bucket_of,
+std::vector<int64_t> counting_sort_in_chunks(int64_t n, int64_t chunks, int64_t buckets, const BucketOf& bucket_of,
                              const Place& place) {
     std::vector<int64_t> cursor(size_t(chunks * buckets), 0);
     // (the loops take their bounds in locals: computed in the loop condition,
@@ -316,14 +317,17 @@ void counting_sort_in_chunks(int64_t n, int64_t chunks, int64_t buckets, const B
             for (int64_t i = begin; i < end; ++i) ++count[bucket_of(i)];
         }
     });
+    std::vector<int64_t> starts(size_t(buckets) + 1);
     int64_t total = 0;
     for (int64_t d = 0; d < buckets; ++d) {
+        starts[size_t(d)] = total;
         for (int64_t c = 0; c < chunks; ++c) {
             const int64_t k = cursor[size_t(c * buckets + d)];
             cursor[size_t(c * buckets + d)] = total;
             total += k;
         }
     }
+    starts[size_t(buckets)] = total;
     at::parallel_for(0, chunks, 1, [&](int64_t c0, int64_t c1) {
         for (int64_t c = c0; c < c1; ++c) {
             int64_t* next = cursor.data() + c * buckets;
@@ -334,6 +338,7 @@ void counting_sort_in_chunks(int64_t n, int64_t chunks, int64_t buckets, const B
             }
         }
     });
+    return starts;
 }
 
 // Binning: one entry per (Gaussian, touched tile), ordered by tile and then
@@ -401,13 +406,53 @@ struct VisibleRuns {
     };
 };
 
-// The visible Gaussians in order of depth, ties by index: a stable LSD radix
-// sort of the runs' items (positive floats order like their bit patterns;
-// the preprocess culls z <= 0.2 and NaN). The keys are sorted less the
-// smallest: only the bits their range needs (~27 of 32 for depths that span
-// a few octaves), in as few passes of at most 11 bits as they take, each as
-// narrow as that allows (fewer buckets: fewer places written at once), each
-// a counting_sort_in_chunks.
+// Sorts the items [0, m) of one bucket of the depth sort (all with the same
+// top digit) by the low `bits` bits of their keys less `lo`, stably, with
+// scratch[0, m), and writes their Gaussians in that order to out[0, m): LSD
+// passes of at most 8 bits (256 counts), or an insertion sort of the whole
+// items (key, then index: the stable order) when there are too few items to
+// pay for the counts.
+void sort_depth_bucket(uint64_t* items, uint64_t* scratch, int64_t m, uint32_t lo, int bits, int32_t* out) {
+    if (m <= 16) {
+        for (int64_t i = 1; i < m; ++i) {
+            const uint64_t item = items[i];
+            int64_t j = i;
+            for (; j > 0 && items[j - 1] > item; --j) items[j] = items[j - 1];
+            items[j] = item;
+        }
+    } else {
+        const int passes = (bits + 7) / 8;
+        const int digit_bits = passes == 0 ? 0 : (bits + passes - 1) / passes;
+        const uint32_t mask = (1u << digit_bits) - 1;
+        uint32_t next[256];
+        for (int pass = 0; pass < passes; ++pass) {
+            const int shift = pass * digit_bits;
+            auto digit_of = [lo, shift, mask](uint64_t item) { return ((uint32_t(item >> 32) - lo) >> shift) & mask; };
+            std::fill_n(next, mask + 1, 0u);
+            for (int64_t i = 0; i < m; ++i) ++next[digit_of(items[i])];
+            uint32_t total = 0;
+            for (uint32_t d = 0; d <= mask; ++d) total += std::exchange(next[d], total);
+            for (int64_t i = 0; i < m; ++i) scratch[next[digit_of(items[i])]++] = items[i];
+            std::swap(items, scratch);
+        }
+    }
+    for (int64_t i = 0; i < m; ++i) out[i] = VisibleRuns::gaussian_of(items[i]);
+}
+
+// The visible Gaussians in order of depth, ties by index, sorted from the
+// runs' items (positive floats order like their bit patterns; the preprocess
+// culls z <= 0.2 and NaN) on the bits the keys' range needs (~25 of 32: the
+// keys less the smallest). Two stages, so that each thread writes to memory
+// of its own:
+// - a stable counting sort by the top digit (at most 11 bits; about 1,000
+//   items a bucket, ~9 KB), in parts (counting_sort_in_chunks);
+// - each bucket sorted by the rest of the bits in L1 (sort_depth_bucket),
+//   the buckets handed out to the threads.
+// (Before, an LSD sort of all the items in two passes of 8,192 buckets had
+// the threads writing beside each other in every bucket: on garden it took
+// as long on 2 threads as on 1. Buckets of ~128 items took longer than
+// ~1,000 on garden-x3: a wider top digit, more places written at once.
+// benchmarks/RESULTS.md, sixteenth session.)
 ScratchArray<int32_t> depth_order(const VisibleRuns& runs, int64_t& V) {
     std::vector<int64_t> base(size_t(runs.chunks()) + 1, 0);
     uint32_t lo = ~0u, hi = 0u;
@@ -430,23 +475,18 @@ ScratchArray<int32_t> depth_order(const VisibleRuns& runs, int64_t& V) {
     const int64_t chunks = std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), n / 16384));
     const uint32_t range = n == 0 ? 0u : hi - lo;
     const int bits = range == 0 ? 0 : 32 - __builtin_clz(range);
-    // (13: depth keys span ~25 bits, two passes of 8192 buckets rather than
-    // three of 512; the counts stay in L2: garden-x3's sort 1.4-3.4 -> 1.2 ms)
-    constexpr int MAX_DIGIT = 13;
-    const int passes = (bits + MAX_DIGIT - 1) / MAX_DIGIT;
-    const int digit_bits = passes == 0 ? 0 : (bits + passes - 1) / passes;
-    const int64_t buckets = int64_t(1) << digit_bits;
-    for (int pass = 0; pass < passes; ++pass) {
-        const int shift = pass * digit_bits;
-        const uint32_t mask = uint32_t(buckets - 1);
-        counting_sort_in_chunks(
-            n, chunks, buckets, [&](int64_t i) { return ((uint32_t(a[i] >> 32) - lo) >> shift) & mask; },
-            [&](int64_t i) { return [item = a[i], b](int64_t to) { b[to] = item; }; });
-        std::swap(a, b);
-    }
+    int top_bits = 0;
+    while (top_bits < std::min(bits, 11) && (n >> (top_bits + 1)) >= 1024) ++top_bits;
+    const int low_bits = bits - top_bits;
+    const std::vector<int64_t> starts = counting_sort_in_chunks(
+        n, chunks, int64_t(1) << top_bits, [&](int64_t i) { return uint64_t(uint32_t(a[i] >> 32) - lo) >> low_bits; },
+        [&](int64_t i) { return [item = a[i], b](int64_t to) { b[to] = item; }; });
     ScratchArray<int32_t> order(n, "bin_gaussians: depth order", false);
-    at::parallel_for(0, n, 16384, [&](int64_t begin, int64_t end) {
-        for (int64_t i = begin; i < end; ++i) order[i] = VisibleRuns::gaussian_of(a[i]);
+    parallel_for_chunks(int64_t(starts.size()) - 1, 16, [&](int64_t k0, int64_t k1) {
+        for (int64_t k = k0; k < k1; ++k) {
+            const int64_t first = starts[size_t(k)];
+            sort_depth_bucket(b + first, a + first, starts[size_t(k) + 1] - first, lo, low_bits, order.get() + first);
+        }
     });
     return order;
 }
