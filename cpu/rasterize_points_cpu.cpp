@@ -992,17 +992,13 @@ DGR_INLINE T lane_tree(const T* v, Op op) {
         return lane_tree<N / 2>(half, op);
     }
 }
-template <int N>
-DGR_INLINE float lane_sum(const float* v) {
+template <int N, typename T>
+DGR_INLINE T lane_sum(const T* v) {
     return lane_tree<N>(v, [](auto a, auto b) { return a + b; });
 }
 template <int N, typename T>
 DGR_INLINE T lane_max(const T* v) {
     return lane_tree<N>(v, [](auto a, auto b) { return b > a ? b : a; });
-}
-template <int N>
-DGR_INLINE int32_t lane_count(const int32_t* v) {
-    return lane_tree<N>(v, [](auto a, auto b) { return a + b; });
 }
 
 // Raises unless entry_slots (values already checked to lie in [0, E),
@@ -1534,13 +1530,17 @@ DGR_MULTIVERSION void forward_tile(const ForwardArgs& a, int64_t tile) {
     // splats are listed first, without a branch (about half the splats the
     // blocks reached blended no pixel, at random: a branch per splat
     // mispredicted, and writing zeros too dirtied their lines), into `list`,
-    // which the blocks are done with; then only their slots are fetched.
+    // which the blocks are done with, with their hit counts (into `flags`,
+    // which the blocks are done with too); then only their slots are fetched.
     const int64_t m = ts.stats_reached;
     int32_t* blended = ts.list.data();
+    int32_t* blended_hits = ts.flags.data();
     int64_t n = 0;
     for (int64_t j = 0; j < m; ++j) {
+        const int32_t hits = lane_sum<STAT_LANES>(ts.stat_lanes[j].hits);
         blended[n] = int32_t(j);
-        n += lane_count<STAT_LANES>(ts.stat_lanes[j].hits) > 0 ? 1 : 0;
+        blended_hits[n] = hits;
+        n += hits > 0 ? 1 : 0;
     }
     for (int64_t k = 0; k < n; ++k) {
         if (k + SCATTERED_PREFETCH_AHEAD < n)
@@ -1550,7 +1550,7 @@ DGR_MULTIVERSION void forward_tile(const ForwardArgs& a, int64_t tile) {
         dgr::SplatStats& e = a.slot_stats[a.entry_slot[begin + ts.position[j]]];  // field by field: no struct copy
         e.accum_weight = lane_sum<STAT_LANES>(sums.accum);
         e.max_weight = lane_max<STAT_LANES>(sums.max);
-        e.hit_count = lane_count<STAT_LANES>(sums.hits);
+        e.hit_count = blended_hits[k];
         e.top_count = ts.top_count[j];
     }
 }
