@@ -444,8 +444,9 @@ void sort_depth_bucket(uint64_t* items, uint64_t* scratch, int64_t m, uint32_t l
 // culls z <= 0.2 and NaN) on the bits the keys' range needs (~25 of 32: the
 // keys less the smallest). Two stages, so that each thread writes to memory
 // of its own:
-// - a stable counting sort by the top digit (at most 11 bits; about 1,000
-//   items a bucket, ~9 KB), in parts (counting_sort_in_chunks);
+// - a stable counting sort by the top digit (at most 11 bits; 1,024 to
+//   2,047 items a bucket on average, 8-16 KB), in parts
+//   (counting_sort_in_chunks);
 // - each bucket sorted by the rest of the bits in L1 (sort_depth_bucket),
 //   the buckets handed out to the threads.
 // (Before, an LSD sort of all the items in two passes of 8,192 buckets had

@@ -85,16 +85,21 @@ def test_tile_lists_match_the_reference(threads):
 def test_tile_lists_with_tied_or_widely_spread_depths(depths):
     """The depth sort sorts by its top digit and then each bucket on its own:
     with every depth equal (no bits to sort: the index order alone) and with
-    depths over six decades (~30 bits: more passes in each bucket, buckets of
+    depths over six decades (~28 bits: more passes in each bucket, buckets of
     very different sizes)."""
     inputs = _scene(30000, seed=11)
     z = inputs["means3D"][:, 2:]
-    new_z = torch.full_like(z, 2.5) if depths == "one" else 0.3 * 10 ** (6 * torch.rand(z.shape, generator=torch.Generator().manual_seed(3)))
+    if depths == "one":
+        new_z = torch.full_like(z, 2.5)
+    else:
+        new_z = 0.3 * 10 ** (6 * torch.rand(z.shape, generator=torch.Generator().manual_seed(3)))
+    # (x and y scaled with z: the same points on screen)
     inputs["means3D"] = torch.cat([inputs["means3D"][:, :2] / z * new_z, new_z], 1).contiguous()
     out, state = _binning(inputs, 2)
     gx, gy = (W + TILE - 1) // TILE, (H + TILE - 1) // TILE
     points, slots, ranges, _ = _reference(out.radii, state[MEANS2D], state[DEPTHS], state[OFFSETS], gx, gy)
     assert (out.radii > 0).sum() > 4096, "the scene must fill more than a few buckets"
+    assert torch.equal(state[RANGES], ranges), "tile_ranges"
     assert torch.equal(state[POINTS], points), "point_list: Gaussians or their order within a tile"
     assert torch.equal(state[SLOTS], slots), "entry_slots"
 
