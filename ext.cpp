@@ -12,6 +12,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
     m.def("rasterize_forward_cpu", &rasterize_forward_cpu, "Forward pass of the CPU backend", release_gil());
     m.def("rasterize_backward_cpu", &rasterize_backward_cpu, "Backward pass of the CPU backend", release_gil());
     m.def("mark_visible_cpu", &mark_visible_cpu, "Near-plane test of the CPU backend", release_gil());
+    m.def("cpu_phase_times", &cpu_phase_times, pybind11::arg("backward") = false,
+          "Wall time (ms) of each phase of this thread's last CPU forward (or backward): [(phase, ms)]");
     m.def("release_scratch_cpu", &release_scratch_cpu,
           "Frees the scratch memory the CPU backend keeps between calls");
     // For tests: the binning's int64 prefix sum of the per-Gaussian entry

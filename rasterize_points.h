@@ -11,6 +11,8 @@
 #include <torch/types.h>
 
 #include <tuple>
+#include <string>
+#include <utility>
 #include <vector>
 
 #include "cuda_rasterizer/preprocess.h"
@@ -78,6 +80,11 @@ std::vector<torch::Tensor> rasterize_backward_cpu(
 // Near-plane test per Gaussian: [P] bool.
 torch::Tensor mark_visible_cpu(const torch::Tensor& means3D, const torch::Tensor& viewmatrix,
                                const torch::Tensor& projmatrix);
+
+// Wall time in ms of each phase of the calling thread's last CPU forward
+// (backward = false) or backward, in order: (phase, ms). For
+// benchmarks/bench.py --phases.
+std::vector<std::pair<std::string, double>> cpu_phase_times(bool backward);
 
 // Frees the per-entry scratch memory the CPU backend keeps between calls
 // (at most 1 GiB; see ScratchPool in cpu/rasterize_points_cpu.cpp).

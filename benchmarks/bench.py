@@ -7,6 +7,7 @@ to the pure-PyTorch reference.
     python benchmarks/bench.py --scenes garden --stats --scaling --no-reference
     python benchmarks/bench.py --root ../baseline   # time another built checkout
     python benchmarks/bench.py --growth --stats --repeats 15  # x3 / 2x growth, in turns
+    python benchmarks/bench.py --scenes garden --phases --repeats 9  # where the time goes, 1 vs 2 threads
 
 For each scene it reports the median (and the range) of `--repeats` timed runs
 after one warm-up run of
@@ -233,10 +234,10 @@ def _render_fn(backend: str, scene: Scene, inputs, stats: bool = False) -> Calla
     return lambda: rasterize_reference(**inputs, raster_settings=scene.settings)
 
 
-def _forward_backward_fn(backend: str, scene: Scene) -> Callable[[], None]:
+def _forward_backward_fn(backend: str, scene: Scene, stats: bool = False) -> Callable[[], None]:
     inputs = requires_grad_(scene.inputs)
     weights = _loss_weights(scene)
-    render = _render_fn(backend, scene, inputs)
+    render = _render_fn(backend, scene, inputs, stats)
 
     def forward_backward():
         for v in inputs.values():
@@ -405,6 +406,34 @@ def growth(args) -> None:
             cost = [x - 1 for x in _round_ratios(times[(name, "fwd_stats")], times[(name, "fwd")])]
             line += f"  stats cost {100 * statistics.median(cost):+.0f}% ({100 * min(cost):+.0f}% to {100 * max(cost):+.0f}%)"
         print(line, flush=True)
+
+
+def phases(args) -> None:
+    """`--phases`: where each scene's forward+backward time goes, from the
+    CPU backend's own clock marks between its phases (`_C.cpu_phase_times`):
+    per phase, the median of `--repeats` calls with `--threads` threads, then
+    of as many with 1 thread (in that order, as `--scaling`), and the
+    speed-up. With `--stats`, the forward computes the statistics."""
+    from diff_gaussian_rasterization_ks import _C
+
+    for name in args.scenes:
+        fn = _forward_backward_fn("cpu", build_scene(name, args), stats=args.stats)
+        medians = {}
+        for threads in (args.threads, 1):
+            torch.set_num_threads(threads)
+            fn()  # warm-up
+            times: Dict[str, List[float]] = {}
+            for _ in range(args.repeats):
+                fn()
+                for part, backward in (("forward", False), ("backward", True)):
+                    for phase, ms in _C.cpu_phase_times(backward):
+                        times.setdefault(f"{part}: {phase}", []).append(ms)
+            medians[threads] = {key: statistics.median(v) for key, v in times.items()}
+        torch.set_num_threads(args.threads)
+        print(f"{name}: phase medians (ms) of {args.repeats} calls, 1 thread / {args.threads} threads, speed-up")
+        for key, many in medians[args.threads].items():
+            one = medians[1][key]
+            print(f"  {key:22s} {one:8.2f} {many:8.2f}  {one / many if many > 0 else float('nan'):5.2f}x", flush=True)
 
 
 def agreement(scene: Scene) -> float:
@@ -598,6 +627,9 @@ def main(argv: Optional[List[str]] = None) -> None:
     parser.add_argument("--growth", action="store_true",
                         help="time garden, garden-x3 and garden-2x in turns in one process and report their "
                         "growth over garden as ratios within each round (instead of the table)")
+    parser.add_argument("--phases", action="store_true",
+                        help="report each phase's time (the CPU backend's clock marks) with 1 and --threads threads "
+                        "for each scene (instead of the table)")
     parser.add_argument("--root", type=Path, default=ROOT,
                         help="import the package from this checkout (with a built extension) instead of this one")
     parser.add_argument("--peak-child", nargs=2, metavar=("SCENE", "BACKEND"), help=argparse.SUPPRESS)
@@ -619,8 +651,11 @@ def main(argv: Optional[List[str]] = None) -> None:
         flush=True,
     )
     start, t_start = _cpu_seconds(), time.perf_counter()
-    if args.growth:
-        growth(args)
+    if args.growth or args.phases:
+        if args.growth:
+            growth(args)
+        else:
+            phases(args)
         print(f"\n({contention(start, time.perf_counter() - t_start)})")
         return
 

@@ -11,6 +11,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <chrono>
 #include <cstdlib>
 #include <cstring>
 #include <memory>
@@ -268,6 +269,26 @@ torch::Tensor pooled_empty(at::IntArrayRef sizes, torch::ScalarType dtype) {
     return at::detail::empty_generic(sizes, &PoolAllocator::instance(), c10::DispatchKeySet(c10::DispatchKey::CPU),
                                      dtype, std::nullopt);
 }
+
+// Wall time of the phases of the calling thread's last forward and backward
+// (cpu_phase_times, for benchmarks/bench.py --phases: where the 2-thread time
+// goes). One clock read per phase, a few per call.
+using PhaseTimes = std::vector<std::pair<std::string, double>>;
+thread_local PhaseTimes forward_phases, backward_phases;
+class PhaseClock {
+public:
+    explicit PhaseClock(PhaseTimes& out) : out_(out), last_(std::chrono::steady_clock::now()) { out_.clear(); }
+    // The time since the previous mark (or the start) was spent in `phase`.
+    void mark(const char* phase) {
+        const auto now = std::chrono::steady_clock::now();
+        out_.emplace_back(phase, std::chrono::duration<double, std::milli>(now - last_).count());
+        last_ = now;
+    }
+
+private:
+    PhaseTimes& out_;
+    std::chrono::steady_clock::time_point last_;
+};
 
 dgr::Camera make_camera(const torch::Tensor& viewmatrix, const torch::Tensor& projmatrix, const torch::Tensor& campos,
                         double tan_fovx, double tan_fovy, int64_t height, int64_t width) {
@@ -1911,6 +1932,7 @@ std::vector<torch::Tensor> rasterize_forward_cpu(
     const torch::Tensor& viewmatrix, const torch::Tensor& projmatrix, double tan_fovx, double tan_fovy,
     int64_t image_height, int64_t image_width, const torch::Tensor& shs, int64_t sh_degree,
     const torch::Tensor& campos, bool antialiasing, bool compute_stats, const torch::Tensor& pixel_weights) {
+    PhaseClock clock(forward_phases);
     const dgr::checks::Sizes sizes = dgr::checks::check_forward_args(
         "rasterize_forward_cpu", dgr::checks::Backend::CPU, background, means3D, colors_precomp, opacities,
         importances, scales, rotations, cov3D_precomp, viewmatrix, projmatrix, image_height, image_width, shs,
@@ -1942,11 +1964,14 @@ std::vector<torch::Tensor> rasterize_forward_cpu(
     const ScratchArray<SplatRecord> records(P, "rasterize_forward_cpu: splat records", false);
     VisibleRuns runs(P);
     const bool scalar_preprocess = !culling_enabled();
+    clock.mark("setup");  // (the argument checks, the state's tensors)
     parallel_for_chunks(P, VisibleRuns::CHUNK, [&](int64_t begin, int64_t end) {
         preprocess_range(in, cam, grid, proj, src, records.get(), runs, begin, end, scalar_preprocess);
     });
+    clock.mark("preprocess");
 
     Binning bins = bin_gaussians(runs, tile_rects, tiles_touched, grid);
+    clock.mark("binning");
 
     torch::Tensor out_color = pooled_empty({3, H, W}, torch::kFloat32);
     torch::Tensor out_importance = pooled_empty({H, W}, torch::kFloat32);
@@ -1985,7 +2010,9 @@ std::vector<torch::Tensor> rasterize_forward_cpu(
     args.slot_stats = slot_stats.get();
     args.entry_slot = bins.entry_slots.data_ptr<int64_t>();
     args.pixel_weight = compute_stats ? ptr_or_null<float>(pixel_weights) : nullptr;
+    clock.mark("outputs");  // (and the statistics' entries zeroed)
     parallel_for_dynamic(grid.num_tiles(), [&](int64_t tile) { forward_tile(args, tile); });
+    clock.mark("tiles");
 
     const ForwardState st{means2D,          depths,          conic_opacity,   colors,  tiles_touched,
                           bins.gaussian_offsets, bins.tile_ranges, bins.point_list, bins.entry_slots, final_T,
@@ -2029,6 +2056,7 @@ std::vector<torch::Tensor> rasterize_forward_cpu(
         });
     }
     for (const torch::Tensor& t : {accum_weight, hit_count, max_weight, top_count}) result.push_back(t);
+    clock.mark("statistics");
     return result;
 }
 
@@ -2040,6 +2068,7 @@ std::vector<torch::Tensor> rasterize_backward_cpu(
     const torch::Tensor& shs, int64_t sh_degree, const torch::Tensor& campos, const std::vector<torch::Tensor>& state,
     bool antialiasing, const torch::Tensor& dL_dcolor, const torch::Tensor& dL_dimportance,
     const torch::Tensor& dL_dinvdepth, const torch::Tensor& dL_dalpha) {
+    PhaseClock clock(backward_phases);
     const dgr::checks::Sizes sizes = dgr::checks::check_backward_args(
         "rasterize_backward_cpu", dgr::checks::Backend::CPU, background, means3D, colors_precomp, opacities,
         importances, scales, rotations, cov3D_precomp, viewmatrix, projmatrix, shs, sh_degree, campos, state,
@@ -2060,6 +2089,7 @@ std::vector<torch::Tensor> rasterize_backward_cpu(
     const int64_t* offsets = st.gaussian_offsets.data_ptr<int64_t>();
     const int64_t* entry_slot = st.entry_slots.data_ptr<int64_t>();
     check_entry_slots_permutation(entry_slot, num_entries);
+    clock.mark("checks");
     // (not zeroed: every tile writes all of its entries)
     const ScratchArray<dgr::SplatGrad> slot_grads(num_entries, "rasterize_backward_cpu: gradients", false);
     BackwardArgs args;
@@ -2073,6 +2103,7 @@ std::vector<torch::Tensor> rasterize_backward_cpu(
     at::parallel_for(0, P, 8192, [&](int64_t begin, int64_t end) {
         pack_splats(src, tiles_touched, begin, end, records.get());
     });
+    clock.mark("pack");
     args.records = records.get();
     args.ranges = st.tile_ranges.data_ptr<int64_t>();
     args.points = st.point_list.data_ptr<int32_t>();
@@ -2089,6 +2120,7 @@ std::vector<torch::Tensor> rasterize_backward_cpu(
     args.entry_slot = entry_slot;
     args.slot_grads = slot_grads.get();
     parallel_for_dynamic(grid.num_tiles(), [&](int64_t tile) { backward_tile(args, tile); });
+    clock.mark("tiles");
 
     // Pass 2, per Gaussian: sum its entries in slot order (deterministic for
     // any thread count) and chain back through the preprocess.
@@ -2140,10 +2172,15 @@ std::vector<torch::Tensor> rasterize_backward_cpu(
     parallel_for_chunks(P, 2048, [&](int64_t begin, int64_t end) {  // (visible Gaussians cost more)
         backward_preprocess_range(pass2, begin, end);
     });
+    clock.mark("pass 2");
     return {g_means3D, g_means2D, g_opacities, g_importances, g_colors, g_shs, g_cov3D, g_scales, g_rotations};
 }
 
 void release_scratch_cpu() { ScratchPool::instance().release(); }
+
+std::vector<std::pair<std::string, double>> cpu_phase_times(bool backward) {
+    return backward ? backward_phases : forward_phases;
+}
 
 torch::Tensor mark_visible_cpu(const torch::Tensor& means3D, const torch::Tensor& viewmatrix,
                                const torch::Tensor& projmatrix) {
