@@ -67,18 +67,25 @@ def _reference(radii, means2D, depths, offsets, gx, gy):
     return torch.cat(points).int(), torch.cat(slots), torch.tensor(ranges), (max_x - min_x) * (max_y - min_y) * visible
 
 
-@pytest.mark.parametrize("threads", [1, 2, 3])
-def test_tile_lists_match_the_reference(threads):
-    inputs = _scene(30000, seed=threads)
+def _check_against_the_reference(inputs, threads: int):
+    """Bins `inputs` on `threads` threads, asserts the tile lists equal the
+    reference's, and returns the render's output, the state and the
+    reference's tiles per Gaussian."""
     out, state = _binning(inputs, threads)
     gx, gy = (W + TILE - 1) // TILE, (H + TILE - 1) // TILE
     points, slots, ranges, area = _reference(out.radii, state[MEANS2D], state[DEPTHS], state[OFFSETS], gx, gy)
-    # (bin_gaussians splits the depth order in parts of at least 4096, two per thread)
-    assert (out.radii > 0).sum() > 3 * 4096, "the scene must be split into several parts"
-    assert torch.equal(state[TILES_TOUCHED].long(), area.long()), "the reference's rectangles differ from the kernel's"
     assert torch.equal(state[RANGES], ranges), "tile_ranges"
     assert torch.equal(state[POINTS], points), "point_list: Gaussians or their order within a tile"
     assert torch.equal(state[SLOTS], slots), "entry_slots"
+    return out, state, area
+
+
+@pytest.mark.parametrize("threads", [1, 2, 3])
+def test_tile_lists_match_the_reference(threads):
+    out, state, area = _check_against_the_reference(_scene(30000, seed=threads), threads)
+    # (bin_gaussians splits the depth order in parts of at least 4096, two per thread)
+    assert (out.radii > 0).sum() > 3 * 4096, "the scene must be split into several parts"
+    assert torch.equal(state[TILES_TOUCHED].long(), area.long()), "the reference's rectangles differ from the kernel's"
 
 
 @pytest.mark.parametrize("depths", ["one", "wide"])
@@ -95,13 +102,8 @@ def test_tile_lists_with_tied_or_widely_spread_depths(depths):
         new_z = 0.3 * 10 ** (6 * torch.rand(z.shape, generator=torch.Generator().manual_seed(3)))
     # (x and y scaled with z: the same points on screen)
     inputs["means3D"] = torch.cat([inputs["means3D"][:, :2] / z * new_z, new_z], 1).contiguous()
-    out, state = _binning(inputs, 2)
-    gx, gy = (W + TILE - 1) // TILE, (H + TILE - 1) // TILE
-    points, slots, ranges, _ = _reference(out.radii, state[MEANS2D], state[DEPTHS], state[OFFSETS], gx, gy)
+    out, _, _ = _check_against_the_reference(inputs, 2)
     assert (out.radii > 0).sum() > 4096, "the scene must fill more than a few buckets"
-    assert torch.equal(state[RANGES], ranges), "tile_ranges"
-    assert torch.equal(state[POINTS], points), "point_list: Gaussians or their order within a tile"
-    assert torch.equal(state[SLOTS], slots), "entry_slots"
 
 
 def test_tile_lists_do_not_depend_on_the_thread_count():
