@@ -702,6 +702,12 @@ static_assert(LANES == 4 * GRAD_LANES, "backward_step folds the lanes in two hal
 // that one halving folds a row of weights (fold_block_statistics).
 constexpr int STAT_LANES = LANES / 2;
 static_assert(LANES == 2 * STAT_LANES, "fold_block_statistics folds the lanes in one halving");
+// partial maxima and hit counts per splat: half as many again (exact in any
+// order, so the extra halving changes no result), so that a splat's partial
+// statistics take two cache lines rather than three: the statistics' cost is
+// in moving them (zeroed per tile, read and written per block step, read by
+// the flush; benchmarks/RESULTS.md, seventeenth session)
+constexpr int STAT_EXACT_LANES = STAT_LANES / 2;
 
 // The functions that hold the vectorised loops are compiled for AVX-512,
 // AVX2 and baseline x86-64, and the loader picks the best the CPU has (GCC's
@@ -727,12 +733,13 @@ bool culling_enabled() {
 }
 
 // One splat's partial sums of its statistics over a tile's pixels so far,
-// STAT_LANES of each, side by side: one address per splat for the fold.
+// side by side: one address per splat for the fold.
 struct alignas(64) SplatStatLanes {
     float accum[STAT_LANES];
-    float max[STAT_LANES];
-    int32_t hits[STAT_LANES];
+    float max[STAT_EXACT_LANES];
+    int32_t hits[STAT_EXACT_LANES];
 };
+static_assert(sizeof(SplatStatLanes) == 128, "two cache lines per splat");
 
 // Inclusive rectangle of pixel coordinates.
 struct PixelRect {
@@ -762,8 +769,8 @@ struct TileSplats {
     // backward: per splat, its gradient summed over the tile's pixels so far,
     // kept as GRAD_LANES partial sums per field (see backward_step)
     std::vector<float> grad_lanes;
-    // forward statistics: per splat, STAT_LANES partial sums of accum_weight,
-    // max_weight and hit_count (see fold_block_statistics), and its
+    // forward statistics: per splat, partial sums of accum_weight, max_weight
+    // and hit_count (SplatStatLanes, see fold_block_statistics), and its
     // top_count; per step of a block, the LANES pixels' blended weights
     std::vector<SplatStatLanes> stat_lanes;
     std::vector<int32_t> top_count;
@@ -1365,12 +1372,13 @@ DGR_INLINE bool forward_step(const ForwardLanes& in, ForwardLanes& out, TileSpla
 
 // The statistics of a block's first n steps (splats list[0, n)), from the
 // weight rows forward_step wrote: each splat's pixels folded to STAT_LANES
-// partial sums (accum_weight, max_weight, hit_count) in a fixed order, lanes
-// l and l + STAT_LANES, then added to the splat's sums so far; and each
-// pixel's top contributor. Done here, after the steps, rather than in each
-// step: a micro-benchmark of the step put the statistics at +44% of it in
-// the step and +24% here (benchmarks/RESULTS.md). kPixelWeights: whether
-// sl.pixel_weight holds the caller's weights (else all are 1).
+// partial sums of accum_weight in a fixed order (lanes l and l + STAT_LANES)
+// and to STAT_EXACT_LANES of max_weight and hit_count, then added to the
+// splat's sums so far; and each pixel's top contributor. Done here, after
+// the steps, rather than in each step: a micro-benchmark of the step put the
+// statistics at +44% of it in the step and +24% here (benchmarks/RESULTS.md).
+// kPixelWeights: whether sl.pixel_weight holds the caller's weights (else all
+// are 1).
 template <bool kPixelWeights>
 DGR_INLINE void fold_block_statistics(TileSplats& ts, const int32_t* list, int64_t n, StatsLanes& sl) {
     constexpr int Q = STAT_LANES;
@@ -1394,30 +1402,35 @@ DGR_INLINE void fold_block_statistics(TileSplats& ts, const int32_t* list, int64
             sl.top_weight[l] = top.weight;
             sl.top_id[l] = top.id;
         }
-        // The pair of lanes written out rather than through pixel_stats and
-        // merge_stats, whose struct GCC failed to vectorise there: the same
-        // terms, pixel_weight * w where the pixel blended the splat (w > 0)
-        // and 0 where not (pixel_weight * 0 may be NaN for a non-finite
-        // pixel weight; without pixel weights, w itself: 1 * w is w, and w is
-        // 0 where not blended), w as its max_weight (0 where not blended:
-        // leaves a max_weight >= 0 as it is), and merge_stats' max (the
-        // second lane where greater). The products are taken
-        // unconditionally: a conditional load kept the baseline x86-64 clone
-        // scalar.
+        // pixel_stats and merge_stats written out, as GCC failed to
+        // vectorise their struct here: the same terms, pixel_weight * w
+        // where the pixel blended the splat (w > 0) and 0 where not
+        // (pixel_weight * 0 may be NaN for a non-finite pixel weight;
+        // without pixel weights, w itself: 1 * w is w, and w is 0 where not
+        // blended), w as its max_weight (0 where not blended: leaves a
+        // max_weight >= 0 as it is), and merge_stats' max (the second where
+        // greater). The products are taken unconditionally: a conditional
+        // load kept the baseline x86-64 clone scalar.
         SplatStatLanes& sums = ts.stat_lanes[j];
+        alignas(64) float pair_max[Q];
+        alignas(64) int32_t pair_hits[Q];
 #pragma omp simd  // hot: must vectorise (tests/test_cpu_vectorised.py)
         for (int l = 0; l < Q; ++l) {
             const float w0 = w[l], w1 = w[l + Q];
             // (sl.pixel_weight is not set without pixel weights: not read then)
             const float p0 = kPixelWeights ? pixel_weight[l] * w0 : 0.f;
             const float p1 = kPixelWeights ? pixel_weight[l + Q] * w1 : 0.f;
-            const dgr::SplatStats pair{kPixelWeights ? (w0 > 0.f ? p0 : 0.f) + (w1 > 0.f ? p1 : 0.f) : w0 + w1,
-                                       w1 > w0 ? w1 : w0, int32_t(w0 > 0.f) + int32_t(w1 > 0.f), 0};
-            dgr::SplatStats sum{sums.accum[l], sums.max[l], sums.hits[l], 0};
-            dgr::merge_stats(sum, pair);
-            sums.accum[l] = sum.accum_weight;
-            sums.max[l] = sum.max_weight;
-            sums.hits[l] = sum.hit_count;
+            sums.accum[l] += kPixelWeights ? (w0 > 0.f ? p0 : 0.f) + (w1 > 0.f ? p1 : 0.f) : w0 + w1;
+            pair_max[l] = w1 > w0 ? w1 : w0;
+            pair_hits[l] = int32_t(w0 > 0.f) + int32_t(w1 > 0.f);
+        }
+        // (max and hit count: lanes l and l + X of the pair's, then the sums')
+        constexpr int X = STAT_EXACT_LANES;
+#pragma omp simd  // hot: must vectorise (tests/test_cpu_vectorised.py)
+        for (int l = 0; l < X; ++l) {
+            const float m = pair_max[l + X] > pair_max[l] ? pair_max[l + X] : pair_max[l];
+            sums.max[l] = m > sums.max[l] ? m : sums.max[l];
+            sums.hits[l] += pair_hits[l] + pair_hits[l + X];
         }
     }
 }
@@ -1559,7 +1572,7 @@ DGR_MULTIVERSION void forward_tile(const ForwardArgs& a, int64_t tile) {
     int32_t* blended_hits = ts.flags.data();
     int64_t n = 0;
     for (int64_t j = 0; j < m; ++j) {
-        const int32_t hits = lane_sum<STAT_LANES>(ts.stat_lanes[j].hits);
+        const int32_t hits = lane_sum<STAT_EXACT_LANES>(ts.stat_lanes[j].hits);
         blended[n] = int32_t(j);
         blended_hits[n] = hits;
         n += hits > 0 ? 1 : 0;
@@ -1571,7 +1584,7 @@ DGR_MULTIVERSION void forward_tile(const ForwardArgs& a, int64_t tile) {
         const SplatStatLanes& sums = ts.stat_lanes[j];
         dgr::SplatStats& e = a.slot_stats[a.entry_slot[begin + ts.position[j]]];  // field by field: no struct copy
         e.accum_weight = lane_sum<STAT_LANES>(sums.accum);
-        e.max_weight = lane_max<STAT_LANES>(sums.max);
+        e.max_weight = lane_max<STAT_EXACT_LANES>(sums.max);
         e.hit_count = blended_hits[k];
         e.top_count = ts.top_count[j];
     }
