@@ -640,6 +640,8 @@ def main(argv: Optional[List[str]] = None) -> None:
         return
     if args.repeats < 1:
         parser.error("--repeats must be >= 1")
+    if args.growth and args.phases:
+        parser.error("--growth and --phases are two different reports: give one")
     if not args.data.is_file():
         parser.error(f"--data: {args.data} not found (garden_sfm.npz lives in <repo>/../shared/data/)")
 
@@ -652,10 +654,7 @@ def main(argv: Optional[List[str]] = None) -> None:
     )
     start, t_start = _cpu_seconds(), time.perf_counter()
     if args.growth or args.phases:
-        if args.growth:
-            growth(args)
-        else:
-            phases(args)
+        (growth if args.growth else phases)(args)
         print(f"\n({contention(start, time.perf_counter() - t_start)})")
         return
 
