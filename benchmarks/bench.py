@@ -25,7 +25,8 @@ after one warm-up run of
                      forward (the median over rounds of the two calls'
                      ratio, see below);
 * with `--scaling`:  forward and forward+backward also with 1 thread, and the
-                     speed-up of `--threads` threads over 1;
+                     speed-up of `--threads` threads over 1 (the median over
+                     rounds, see below);
 
 and
 
@@ -52,12 +53,17 @@ and
 The timed functions of a scene take turns (forward, forward+backward, the
 statistics variant, and, for `garden-ref`, the same for the reference), so
 that a slow phase of a shared machine does not land on one of them only.
-The 1-thread variants (`--scaling`) take their turns after those, among
-themselves: switching torch's thread count between calls slowed the
-2-thread calls that followed, and more so on the larger scenes (garden-x3's
-forward measured 1.98x garden's with the switches, 1.89x without, in runs of
-the same build). The last line says how much CPU time other processes took
-during the run (from /proc/stat).
+The 1-thread variants (`--scaling`) take their turns among themselves, in
+blocks of calls of their own: switching torch's thread count between calls
+slowed the 2-thread calls that followed, and more so on the larger scenes
+(garden-x3's forward measured 1.98x garden's with the switches, 1.89x
+without, in runs of the same build). A block of `--threads` calls and a
+block of 1-thread calls alternate SCALING_ROUNDS times, each block after a
+warm-up call, and the speed-up is the median of the rounds' ratios (with
+their range): with all the 1-thread calls at the end of the run, a host
+whose speed drifts over minutes gave speed-ups from 1.54x to 2.30x
+(benchmarks/RESULTS.md, eighteenth session). The last line says how much
+CPU time other processes took during the run (from /proc/stat).
 
 The reference (`rasterize_reference`, O(P_visible x H x W) time and memory)
 is timed on a scene small enough for it (`garden-ref`: a fixed random subset
@@ -338,9 +344,19 @@ def bench(name: str, scene: Scene, backends: List[str], args) -> List[dict]:
             fns_1t[(b, "fwdbwd_1t")] = _forward_backward_fn(b, scene)
     for key in list(fns) + list(fns_1t):
         threads[key] = 1 if key[1].endswith("_1t") else args.threads
-    # (the thread counts in separate rounds: see the module docstring)
-    times = timed(fns, args.repeats, threads)
-    times.update(timed(fns_1t, args.repeats, threads))
+    # (the thread counts in separate blocks of calls, which alternate: see
+    # the module docstring)
+    times: Dict[object, List[float]] = {key: [] for key in list(fns) + list(fns_1t)}
+    speedups: List[tuple] = []
+    rounds = SCALING_ROUNDS if fns_1t else 1
+    for _ in range(rounds):
+        many = timed(fns, -(-args.repeats // rounds), threads)
+        one = timed(fns_1t, -(-args.repeats // rounds), threads)
+        for key, v in {**many, **one}.items():
+            times[key] += v
+        if fns_1t:
+            speedups.append(tuple(statistics.median(one[("cpu", f"{kind}_1t")]) / statistics.median(many[("cpu", kind)])
+                                  for kind in ("fwd", "fwdbwd")))
     torch.set_num_threads(args.threads)
     rows = []
     s = scene.settings
@@ -361,6 +377,7 @@ def bench(name: str, scene: Scene, backends: List[str], args) -> List[dict]:
                 fwd_stats=times.get((b, "fwd_stats")),
                 fwd_1t=times.get((b, "fwd_1t")),
                 fwdbwd_1t=times.get((b, "fwdbwd_1t")),
+                speedups=speedups if b == "cpu" else [],
                 peak=measure_peak(name, b, args),
             )
         )
@@ -368,6 +385,9 @@ def bench(name: str, scene: Scene, backends: List[str], args) -> List[dict]:
 
 
 GROWTH_SCENES = ("garden", "garden-x3", "garden-2x")
+# `--scaling`: blocks of calls with `--threads` threads and with 1 thread
+# alternate this many times; the speed-up is the median of the blocks' ratios
+SCALING_ROUNDS = 3
 
 
 def growth(args) -> None:
@@ -548,9 +568,11 @@ def _extras(r: dict) -> List[tuple]:
     if r.get("fwd_1t"):
         out.append(("forward ms, 1 thread", _ms(r["fwd_1t"])))
         out.append(("forward+backward ms, 1 thread", _ms(r["fwdbwd_1t"])))
-        sf = statistics.median(r["fwd_1t"]) / statistics.median(r["fwd"])
-        sb = statistics.median(r["fwdbwd_1t"]) / statistics.median(r["fwdbwd"])
-        out.append((f"speed-up {r['threads']} vs 1 thread (fwd / fwd+bwd)", f"{sf:.2f}x / {sb:.2f}x"))
+        sf, sb = (statistics.median(v) for v in zip(*r["speedups"]))
+        lo_f, lo_b = (min(v) for v in zip(*r["speedups"]))
+        hi_f, hi_b = (max(v) for v in zip(*r["speedups"]))
+        out.append((f"speed-up {r['threads']} vs 1 thread (fwd / fwd+bwd)",
+                     f"{sf:.2f}x / {sb:.2f}x ({lo_f:.2f}-{hi_f:.2f} / {lo_b:.2f}-{hi_b:.2f})"))
     return out
 
 
