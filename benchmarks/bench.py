@@ -59,7 +59,8 @@ slowed the 2-thread calls that followed, and more so on the larger scenes
 (garden-x3's forward measured 1.98x garden's with the switches, 1.89x
 without, in runs of the same build). A block of `--threads` calls and a
 block of 1-thread calls alternate SCALING_ROUNDS times, each block after a
-warm-up call, and the speed-up is the median of the rounds' ratios (with
+warm-up call and `--repeats` / SCALING_ROUNDS calls long (rounded up), and
+the speed-up is the median of the rounds' ratios (with
 their range): with all the 1-thread calls at the end of the run, a host
 whose speed drifts over minutes gave speed-ups from 1.54x to 2.30x
 (benchmarks/RESULTS.md, eighteenth session). The last line says how much
@@ -568,11 +569,9 @@ def _extras(r: dict) -> List[tuple]:
     if r.get("fwd_1t"):
         out.append(("forward ms, 1 thread", _ms(r["fwd_1t"])))
         out.append(("forward+backward ms, 1 thread", _ms(r["fwdbwd_1t"])))
-        sf, sb = (statistics.median(v) for v in zip(*r["speedups"]))
-        lo_f, lo_b = (min(v) for v in zip(*r["speedups"]))
-        hi_f, hi_b = (max(v) for v in zip(*r["speedups"]))
-        out.append((f"speed-up {r['threads']} vs 1 thread (fwd / fwd+bwd)",
-                     f"{sf:.2f}x / {sb:.2f}x ({lo_f:.2f}-{hi_f:.2f} / {lo_b:.2f}-{hi_b:.2f})"))
+        fwd_up, fwdbwd_up = zip(*r["speedups"])  # per round
+        span = lambda v: f"{statistics.median(v):.2f}x ({min(v):.2f}-{max(v):.2f})"
+        out.append((f"speed-up {r['threads']} vs 1 thread (fwd / fwd+bwd)", f"{span(fwd_up)} / {span(fwdbwd_up)}"))
     return out
 
 
