@@ -60,10 +60,10 @@ slowed the 2-thread calls that followed, and more so on the larger scenes
 without, in runs of the same build). A block of `--threads` calls and a
 block of 1-thread calls alternate SCALING_ROUNDS times, each block after a
 warm-up call and `--repeats` / SCALING_ROUNDS calls long (rounded up), and
-the speed-up is the median of the rounds' ratios (with
-their range): with all the 1-thread calls at the end of the run, a host
-whose speed drifts over minutes gave speed-ups from 1.54x to 2.30x
-(benchmarks/RESULTS.md, eighteenth session). The last line says how much
+the speed-up is the median of the rounds' ratios (with their range): with
+all the 1-thread calls at the end of the run, a host whose speed drifts
+over minutes gave speed-ups from 1.54x to 2.30x (benchmarks/RESULTS.md,
+eighteenth session). The last line says how much
 CPU time other processes took during the run (from /proc/stat).
 
 The reference (`rasterize_reference`, O(P_visible x H x W) time and memory)
@@ -332,6 +332,11 @@ def _forward_fn(backend: str, scene: Scene, stats: bool = False) -> Callable[[],
     return _render_fn(backend, scene, requires_grad_(scene.inputs), stats)
 
 
+# `--scaling`: blocks of calls with `--threads` threads and with 1 thread
+# alternate this many times; the speed-up is the median of the rounds' ratios
+SCALING_ROUNDS = 3
+
+
 def bench(name: str, scene: Scene, backends: List[str], args) -> List[dict]:
     """Times each of `backends` ("cpu", "reference") on `scene`, interleaved."""
     fns, fns_1t, threads = {}, {}, {}
@@ -350,9 +355,10 @@ def bench(name: str, scene: Scene, backends: List[str], args) -> List[dict]:
     times: Dict[object, List[float]] = {key: [] for key in list(fns) + list(fns_1t)}
     speedups: List[tuple] = []
     rounds = SCALING_ROUNDS if fns_1t else 1
+    per_round = -(-args.repeats // rounds)  # (rounded up)
     for _ in range(rounds):
-        many = timed(fns, -(-args.repeats // rounds), threads)
-        one = timed(fns_1t, -(-args.repeats // rounds), threads)
+        many = timed(fns, per_round, threads)
+        one = timed(fns_1t, per_round, threads)
         for key, v in {**many, **one}.items():
             times[key] += v
         if fns_1t:
@@ -386,9 +392,6 @@ def bench(name: str, scene: Scene, backends: List[str], args) -> List[dict]:
 
 
 GROWTH_SCENES = ("garden", "garden-x3", "garden-2x")
-# `--scaling`: blocks of calls with `--threads` threads and with 1 thread
-# alternate this many times; the speed-up is the median of the blocks' ratios
-SCALING_ROUNDS = 3
 
 
 def growth(args) -> None:
