@@ -35,13 +35,16 @@ struct SplatSource {
     const float* depths;         // [P] view z (> near plane for drawn splats)
 };
 
+// What a splat blends as inverse depth.
+RASTER_HD float inverse_depth(float view_z) { return 1.0f / view_z; }
+
 RASTER_HD void load_splat(const SplatSource& src, int64_t g, Splat& s, SplatFeatures& f) {
     s.mean = glm::vec2(src.means2D[2 * g], src.means2D[2 * g + 1]);
     s.conic_opacity = glm::vec4(src.conic_opacity[4 * g], src.conic_opacity[4 * g + 1], src.conic_opacity[4 * g + 2],
                                 src.conic_opacity[4 * g + 3]);
     for (int ch = 0; ch < NUM_CHANNELS; ++ch) f.v[ch] = src.colors[NUM_CHANNELS * g + ch];
     f.v[FEATURE_IMPORTANCE] = src.importances[g];
-    f.v[FEATURE_INVDEPTH] = 1.0f / src.depths[g];
+    f.v[FEATURE_INVDEPTH] = inverse_depth(src.depths[g]);
 }
 
 // exp() of the splat exponent. The GPU uses expf. The host uses the

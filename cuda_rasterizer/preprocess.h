@@ -146,6 +146,11 @@ RASTER_HD glm::vec3 gaussian_color(const GaussianInputs& in, int idx, const Came
     return sh_color(in, idx, load_vec3(in.means3D, idx), cam);
 }
 
+// The opacity a drawn Gaussian blends with (antialiasing scales it).
+RASTER_HD float splat_opacity(const GaussianInputs& in, int idx, const GaussianProjection& g) {
+    return in.opacities[idx] * g.opacity_scale;
+}
+
 // Writes a drawn Gaussian's outputs: from its projection the fields radius,
 // mean2D, t_view.z, conic, opacity_scale and rect (the CPU's vectorised
 // preprocess fills just these), and its colour (gaussian_color).
@@ -158,7 +163,7 @@ RASTER_HD void write_projection(int idx, const GaussianInputs& in, const Gaussia
     out.conic_opacity[4 * idx] = g.conic.x;
     out.conic_opacity[4 * idx + 1] = g.conic.y;
     out.conic_opacity[4 * idx + 2] = g.conic.z;
-    out.conic_opacity[4 * idx + 3] = in.opacities[idx] * g.opacity_scale;
+    out.conic_opacity[4 * idx + 3] = splat_opacity(in, idx, g);
     out.colors[3 * idx] = color.x;
     out.colors[3 * idx + 1] = color.y;
     out.colors[3 * idx + 2] = color.z;
@@ -167,6 +172,17 @@ RASTER_HD void write_projection(int idx, const GaussianInputs& in, const Gaussia
     out.tile_rects[4 * idx + 2] = g.rect.max_x;
     out.tile_rects[4 * idx + 3] = g.rect.max_y;
     out.tiles_touched[idx] = int(g.rect.area());
+}
+
+// The splat write_projection's outputs give load_splat (importance: the
+// Gaussian's, 1 when none are given), from the projection directly.
+RASTER_HD void projected_splat(int idx, const GaussianInputs& in, const GaussianProjection& g,
+                               const glm::vec3& color, Splat& s, SplatFeatures& f) {
+    s.mean = g.mean2D;
+    s.conic_opacity = glm::vec4(g.conic.x, g.conic.y, g.conic.z, splat_opacity(in, idx, g));
+    for (int ch = 0; ch < NUM_CHANNELS; ++ch) f.v[ch] = color[ch];
+    f.v[FEATURE_IMPORTANCE] = in.importances != nullptr ? in.importances[idx] : 1.0f;
+    f.v[FEATURE_INVDEPTH] = inverse_depth(g.t_view.z);
 }
 
 RASTER_HD void store_projection(int idx, const GaussianInputs& in, const Camera& cam, const GaussianProjection& g,
