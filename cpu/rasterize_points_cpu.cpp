@@ -1242,8 +1242,8 @@ DGR_INLINE bool any_in_front(const dgr::GaussianInputs& in, const dgr::Camera& c
 
 // The preprocess of Gaussians [begin, end) (a chunk of VisibleRuns), and for
 // each one that touches a tile, while its fields are still in cache, its
-// SplatRecord (src: the tile loops' view of proj's arrays) and its
-// depth-sort item.
+// SplatRecord and its depth-sort item. (src, the tile loops' view of proj's
+// arrays, gives the scalar path's records.)
 DGR_MULTIVERSION void preprocess_range(const dgr::GaussianInputs& in, const dgr::Camera& cam, const TileGrid& grid,
                                        const dgr::ProjectedGaussians& proj, const dgr::SplatSource& src,
                                        SplatRecord* records, VisibleRuns& runs, int64_t begin, int64_t end,
@@ -1259,9 +1259,8 @@ DGR_MULTIVERSION void preprocess_range(const dgr::GaussianInputs& in, const dgr:
     if (scalar || in.cov3D_precomp != nullptr) {
         for (int64_t i = begin; i < end; ++i) {
             dgr::preprocess_gaussian(int(i), in, cam, grid.grid_x, grid.grid_y, proj);
-            if (proj.tiles_touched[i] <= 0) continue;
             pack_splats(src, proj.tiles_touched, i, i + 1, records);
-            run.add(i, proj.depths[i]);
+            if (proj.tiles_touched[i] > 0) run.add(i, proj.depths[i]);
         }
         run.close();
         return;
@@ -1308,8 +1307,8 @@ DGR_MULTIVERSION void preprocess_range(const dgr::GaussianInputs& in, const dgr:
             dgr::write_projection(i, in, g, color, proj);
             if (proj.tiles_touched[i] <= 0) continue;
             // (from the values in hand: read back from proj's arrays, whose
-            // lines the stores above had just begun, it cost garden-x3's
-            // preprocess 1.3 of 11 ms)
+            // lines the stores above had just begun, the record cost 5% more
+            // of garden-x3's preprocess: benchmarks/RESULTS.md)
             dgr::Splat s;
             dgr::SplatFeatures feat;
             dgr::projected_splat(i, in, g, color, s, feat);
