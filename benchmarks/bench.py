@@ -416,8 +416,7 @@ def growth(args) -> None:
             pairs[name] = binned_pairs(scene, fns[(name, "fwd")]().radii)
 
     def round_ratios(a, b) -> str:
-        r = _round_ratios(times[a], times[b])
-        return f"{statistics.median(r):.2f} ({min(r):.2f}-{max(r):.2f})"
+        return _median_and_range(_round_ratios(times[a], times[b]))
 
     base = GROWTH_SCENES[0]
     for name in GROWTH_SCENES:
@@ -557,6 +556,11 @@ def _round_ratios(a: List[float], b: List[float]) -> List[float]:
     return [x / y for x, y in zip(a, b)]
 
 
+def _median_and_range(values, unit: str = "") -> str:
+    """"1.99x (1.70-2.45)": the median of per-round ratios and their range."""
+    return f"{statistics.median(values):.2f}{unit} ({min(values):.2f}-{max(values):.2f})"
+
+
 def _rate(pairs: int, times: List[float], cores: int = 1) -> str:
     """Evaluations per second (per core), in 10^9."""
     return f"{pairs / (statistics.median(times) / 1e3) / 1e9 / cores:.3g}"
@@ -573,8 +577,8 @@ def _extras(r: dict) -> List[tuple]:
         out.append(("forward ms, 1 thread", _ms(r["fwd_1t"])))
         out.append(("forward+backward ms, 1 thread", _ms(r["fwdbwd_1t"])))
         fwd_up, fwdbwd_up = zip(*r["speedups"])  # per round
-        span = lambda v: f"{statistics.median(v):.2f}x ({min(v):.2f}-{max(v):.2f})"
-        out.append((f"speed-up {r['threads']} vs 1 thread (fwd / fwd+bwd)", f"{span(fwd_up)} / {span(fwdbwd_up)}"))
+        out.append((f"speed-up {r['threads']} vs 1 thread (fwd / fwd+bwd)",
+                    f"{_median_and_range(fwd_up, 'x')} / {_median_and_range(fwdbwd_up, 'x')}"))
     return out
 
 

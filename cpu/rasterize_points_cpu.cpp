@@ -462,12 +462,15 @@ void sort_depth_bucket(uint64_t* items, uint64_t* scratch, int64_t m, uint32_t l
         const uint32_t key = key_of(items[i]);
         for (int pass = 0; pass < passes; ++pass) ++next[pass][(key >> (pass * digit_bits)) & mask];
     }
-    int last = -1;  // the last pass that moves anything
-    for (int pass = 0; pass < passes; ++pass)
-        if (next[pass][(key_of(items[0]) >> (pass * digit_bits)) & mask] != uint32_t(m)) last = pass;
+    bool moves[MAX_PASSES];  // (false: every item has the same digit)
+    int last = -1;           // the last pass that moves anything
+    for (int pass = 0; pass < passes; ++pass) {
+        moves[pass] = next[pass][(key_of(items[0]) >> (pass * digit_bits)) & mask] != uint32_t(m);
+        if (moves[pass]) last = pass;
+    }
     for (int pass = 0; pass <= last; ++pass) {
+        if (!moves[pass]) continue;
         uint32_t* cursor = next[pass];
-        if (cursor[(key_of(items[0]) >> (pass * digit_bits)) & mask] == uint32_t(m)) continue;
         uint32_t total = 0;
         for (uint32_t d = 0; d <= mask; ++d) total += std::exchange(cursor[d], total);
         const int shift = pass * digit_bits;
@@ -909,17 +912,20 @@ DGR_INLINE void pack_splat(const dgr::Splat& s, const dgr::SplatFeatures& feat, 
     for (int k = 0; k < NF; ++k) r.field[TileSplats::FEATURE0 + k] = feat.v[k];
 }
 
+// The record of Gaussian g from the preprocess's outputs.
+DGR_INLINE void pack_stored_splat(const dgr::SplatSource& src, int64_t g, SplatRecord& r) {
+    dgr::Splat s;
+    dgr::SplatFeatures feat;
+    dgr::load_splat(src, g, s, feat);
+    pack_splat(s, feat, r);
+}
+
 // The records of the Gaussians of [begin, end) that touch a tile (the
 // others are never read).
 void pack_splats(const dgr::SplatSource& src, const int* tiles_touched, int64_t begin, int64_t end,
                  SplatRecord* records) {
-    for (int64_t g = begin; g < end; ++g) {
-        if (tiles_touched[g] <= 0) continue;
-        dgr::Splat s;
-        dgr::SplatFeatures feat;
-        dgr::load_splat(src, g, s, feat);
-        pack_splat(s, feat, records[g]);
-    }
+    for (int64_t g = begin; g < end; ++g)
+        if (tiles_touched[g] > 0) pack_stored_splat(src, g, records[g]);
 }
 
 // How many entries ahead the tile loops prefetch what they read or write at
@@ -1259,8 +1265,9 @@ DGR_MULTIVERSION void preprocess_range(const dgr::GaussianInputs& in, const dgr:
     if (scalar || in.cov3D_precomp != nullptr) {
         for (int64_t i = begin; i < end; ++i) {
             dgr::preprocess_gaussian(int(i), in, cam, grid.grid_x, grid.grid_y, proj);
-            pack_splats(src, proj.tiles_touched, i, i + 1, records);
-            if (proj.tiles_touched[i] > 0) run.add(i, proj.depths[i]);
+            if (proj.tiles_touched[i] <= 0) continue;
+            pack_stored_splat(src, i, records[i]);
+            run.add(i, proj.depths[i]);
         }
         run.close();
         return;
