@@ -16,7 +16,7 @@
 //
 // The input checks are O(1). The backward also checks the values of the
 // forward state that index memory (tiles_touched and gaussian_offsets,
-// tile_ranges, point_list, entry_slots, n_contrib): one pass over each,
+// tile_ranges, point_list, n_contrib): one pass over each,
 // O(P + E + H W), cheap next to the backward itself (which visits every entry
 // for each pixel of its tile): on the CPU in parallel, under 2% of garden's
 // backward, and one synchronisation on CUDA.
@@ -36,7 +36,11 @@
 namespace dgr {
 namespace checks {
 
-// Position of each forward-state tensor (rasterize_points.h documents the order).
+// Position of each forward-state tensor, per backend (rasterize_points.h
+// documents both). The CUDA backend keeps the projected Gaussians' arrays
+// (and an empty entry_slots); the CPU backend keeps each drawn Gaussian's
+// splat record (cpu/rasterize_points_cpu.cpp, SplatRecord), from which it
+// also computes each entry's slot.
 enum StateIndex {
     S_MEANS2D = 0,
     S_DEPTHS,
@@ -51,10 +55,35 @@ enum StateIndex {
     S_N_CONTRIB,
     S_COUNT
 };
+enum CpuStateIndex {
+    CPU_S_SPLAT_RECORDS = 0,
+    CPU_S_TILES_TOUCHED,
+    CPU_S_GAUSSIAN_OFFSETS,
+    CPU_S_TILE_RANGES,
+    CPU_S_POINT_LIST,
+    CPU_S_FINAL_T,
+    CPU_S_N_CONTRIB,
+    CPU_S_COUNT
+};
+// A splat record: 16 floats (64 bytes, one cache line; 64-byte aligned)
+constexpr int64_t SPLAT_RECORD_FLOATS = 16;
 
-// Which entry points are checked: the tensors' device type, and entry_slots
-// (the CPU backward reads it; the CUDA forward leaves it empty).
+// Which entry points are checked: the tensors' device type, and the
+// forward state's layout.
 enum class Backend { CPU, CUDA };
+
+// The state tensors both backends have, by name.
+struct CommonState {
+    const torch::Tensor &tiles_touched, &gaussian_offsets, &tile_ranges, &point_list, &final_T, &n_contrib;
+};
+inline int64_t state_count(Backend backend) { return backend == Backend::CPU ? int64_t(CPU_S_COUNT) : int64_t(S_COUNT); }
+inline CommonState common_state(Backend backend, const std::vector<torch::Tensor>& s) {
+    if (backend == Backend::CPU)
+        return CommonState{s[CPU_S_TILES_TOUCHED], s[CPU_S_GAUSSIAN_OFFSETS], s[CPU_S_TILE_RANGES],
+                           s[CPU_S_POINT_LIST],    s[CPU_S_FINAL_T],          s[CPU_S_N_CONTRIB]};
+    return CommonState{s[S_TILES_TOUCHED], s[S_GAUSSIAN_OFFSETS], s[S_TILE_RANGES],
+                       s[S_POINT_LIST],    s[S_FINAL_T],          s[S_N_CONTRIB]};
+}
 
 using Shape = std::vector<int64_t>;
 
@@ -238,30 +267,37 @@ inline void check_forward_state(const Checker& c, Backend backend, const std::ve
                                 int64_t H, int64_t W) {
     const int64_t grid_x = (W + dgr::TILE_X - 1) / dgr::TILE_X, grid_y = (H + dgr::TILE_Y - 1) / dgr::TILE_Y;
     const int64_t tiles = grid_x * grid_y;
-    const torch::Tensor& point_list = state[S_POINT_LIST];
+    const CommonState common = common_state(backend, state);
+    const torch::Tensor& point_list = common.point_list;
     TORCH_CHECK(point_list.defined() && point_list.dim() == 1, c.fn(), ": state.point_list: expected shape [E], got ",
                 point_list.defined() ? point_list.sizes() : c10::IntArrayRef());
     const int64_t E = point_list.numel();
     const std::string from_P = "P = " + std::to_string(P) + " from means3D";
     const std::string from_HW = "H = " + std::to_string(H) + ", W = " + std::to_string(W) + " from state.final_T";
     const std::string from_E = "E = " + std::to_string(E) + " from state.point_list";
-    c.tensor("state.means2D", state[S_MEANS2D], torch::kFloat32, {{P, 2}}, from_P);
-    c.tensor("state.depths", state[S_DEPTHS], torch::kFloat32, {{P}}, from_P);
-    c.tensor("state.conic_opacity", state[S_CONIC_OPACITY], torch::kFloat32, {{P, 4}}, from_P);
-    c.tensor("state.colors", state[S_COLORS], torch::kFloat32, {{P, 3}}, from_P);
-    c.tensor("state.tiles_touched", state[S_TILES_TOUCHED], torch::kInt32, {{P}}, from_P);
-    c.tensor("state.gaussian_offsets", state[S_GAUSSIAN_OFFSETS], torch::kInt64, {{P + 1}}, from_P);
-    c.tensor("state.tile_ranges", state[S_TILE_RANGES], torch::kInt64, {{tiles + 1}},
+    const bool cpu = backend == Backend::CPU;
+    if (cpu) {
+        const torch::Tensor& records = state[CPU_S_SPLAT_RECORDS];
+        c.tensor("state.splat_records", records, torch::kFloat32, {{P, SPLAT_RECORD_FLOATS}}, from_P);
+        TORCH_CHECK(reinterpret_cast<uintptr_t>(records.data_ptr()) % 64 == 0, c.fn(),
+                    ": state.splat_records: expected 64-byte aligned data (as the forward returns it), got address ",
+                    records.data_ptr());
+    } else {
+        c.tensor("state.means2D", state[S_MEANS2D], torch::kFloat32, {{P, 2}}, from_P);
+        c.tensor("state.depths", state[S_DEPTHS], torch::kFloat32, {{P}}, from_P);
+        c.tensor("state.conic_opacity", state[S_CONIC_OPACITY], torch::kFloat32, {{P, 4}}, from_P);
+        c.tensor("state.colors", state[S_COLORS], torch::kFloat32, {{P, 3}}, from_P);
+        // (unused by the CUDA backward, which leaves it empty)
+        c.tensor("state.entry_slots", state[S_ENTRY_SLOTS], torch::kInt64, {{0}, {E}}, from_E);
+    }
+    c.tensor("state.tiles_touched", common.tiles_touched, torch::kInt32, {{P}}, from_P);
+    c.tensor("state.gaussian_offsets", common.gaussian_offsets, torch::kInt64, {{P + 1}}, from_P);
+    c.tensor("state.tile_ranges", common.tile_ranges, torch::kInt64, {{tiles + 1}},
              std::to_string(grid_x) + " x " + std::to_string(grid_y) + " tiles of " + std::to_string(dgr::TILE_X) +
                  " x " + std::to_string(dgr::TILE_Y) + " pixels for " + from_HW);
     c.tensor("state.point_list", point_list, torch::kInt32, {{E}});
-    const bool cpu = backend == Backend::CPU;
-    if (cpu)
-        c.tensor("state.entry_slots", state[S_ENTRY_SLOTS], torch::kInt64, {{E}}, from_E);
-    else  // unused by the CUDA backward, which leaves it empty
-        c.tensor("state.entry_slots", state[S_ENTRY_SLOTS], torch::kInt64, {{0}, {E}}, from_E);
-    c.tensor("state.final_T", state[S_FINAL_T], torch::kFloat32, {{H, W}});
-    c.tensor("state.n_contrib", state[S_N_CONTRIB], torch::kInt32, {{H, W}}, from_HW);
+    c.tensor("state.final_T", common.final_T, torch::kFloat32, {{H, W}});
+    c.tensor("state.n_contrib", common.n_contrib, torch::kInt32, {{H, W}}, from_HW);
 
     // The values. CPU: one pass over each (checked, contiguous) tensor, in
     // parts on ATen's threads, no temporaries (serial, they were 3% of
@@ -269,12 +305,11 @@ inline void check_forward_state(const Checker& c, Backend backend, const std::ve
     // torch ops would make temporaries). CUDA: the same conditions as torch
     // ops, read back together (one synchronisation). The message of a
     // failing one is built only then.
-    const torch::Tensor& touched = state[S_TILES_TOUCHED];
-    const torch::Tensor& offsets = state[S_GAUSSIAN_OFFSETS];
-    const torch::Tensor& ranges = state[S_TILE_RANGES];
-    const torch::Tensor& slots = state[S_ENTRY_SLOTS];
-    const torch::Tensor& n_contrib = state[S_N_CONTRIB];
-    enum { TOUCHED, OFFSETS, RANGES, POINTS, SLOTS, N_CONTRIB, NUM_CONDITIONS };
+    const torch::Tensor& touched = common.tiles_touched;
+    const torch::Tensor& offsets = common.gaussian_offsets;
+    const torch::Tensor& ranges = common.tile_ranges;
+    const torch::Tensor& n_contrib = common.n_contrib;
+    enum { TOUCHED, OFFSETS, RANGES, POINTS, N_CONTRIB, NUM_CONDITIONS };
     bool ok[NUM_CONDITIONS];
     if (cpu) {
         const int32_t* t = touched.data_ptr<int32_t>();
@@ -307,7 +342,6 @@ inline void check_forward_state(const Checker& c, Backend backend, const std::ve
             });
         };
         ok[POINTS] = in_range(point_list.data_ptr<int32_t>(), E, P);
-        ok[SLOTS] = in_range(slots.data_ptr<int64_t>(), E, E);
         // (if not monotone the tile counts are meaningless; RANGES fails first)
         const int32_t* nc = n_contrib.data_ptr<int32_t>();
         ok[N_CONTRIB] = !monotone || holds_in_parts(H, [&](int64_t y0, int64_t y1) {
@@ -328,7 +362,6 @@ inline void check_forward_state(const Checker& c, Backend backend, const std::ve
         conditions[RANGES] = (ranges[0] == 0).logical_and((ranges.diff() >= 0).all()).logical_and(ranges[-1] == E);
         conditions[POINTS] = E == 0 ? torch::ones({}, touched.options().dtype(torch::kBool))
                                     : (point_list >= 0).logical_and(point_list < P).all();
-        conditions[SLOTS] = torch::ones({}, touched.options().dtype(torch::kBool));  // unused by the CUDA backward
         conditions[N_CONTRIB] = n_contrib.le(per_pixel_counts(ranges, grid_x, grid_y, H, W))
                                     .logical_and(n_contrib >= 0)
                                     .all();
@@ -355,8 +388,6 @@ inline void check_forward_state(const Checker& c, Backend backend, const std::ve
                 "), got ", first_last(ranges), " (or a decreasing step)");
     TORCH_CHECK(ok[POINTS], c.fn(), ": state.point_list: expected Gaussian indices in [0, ", P, ") (", from_P,
                 "), got values in ", min_max(point_list));
-    TORCH_CHECK(ok[SLOTS], c.fn(), ": state.entry_slots: expected slot indices in [0, ", E, ") (", from_E,
-                "), got values in ", min_max(slots));
     if (!ok[N_CONTRIB]) {
         const torch::Tensor per_pixel = per_pixel_counts(ranges, grid_x, grid_y, H, W);
         const torch::Tensor bad = (n_contrib < 0).logical_or(n_contrib > per_pixel).nonzero()[0];
@@ -379,9 +410,10 @@ inline Sizes check_backward_args(const char* fn, Backend backend, const torch::T
     const Checker c = check_means3D(fn, backend, means3D);
     const int64_t P = check_gaussians(c, means3D, colors_precomp, opacities, importances, scales, rotations,
                                       cov3D_precomp, shs, sh_degree);
-    TORCH_CHECK(state.size() == size_t(S_COUNT), fn, ": state: expected the ", int(S_COUNT),
+    const int64_t count = state_count(backend);
+    TORCH_CHECK(int64_t(state.size()) == count, fn, ": state: expected the ", count,
                 " forward-state tensors the forward returns after its first five outputs, got ", state.size());
-    const torch::Tensor& final_T = state[S_FINAL_T];
+    const torch::Tensor& final_T = common_state(backend, state).final_T;
     TORCH_CHECK(final_T.defined() && final_T.dim() == 2, fn, ": state.final_T: expected shape [H, W], got ",
                 final_T.defined() ? final_T.sizes() : c10::IntArrayRef());
     const int64_t H = final_T.size(0), W = final_T.size(1);

@@ -3,11 +3,11 @@
 // kernels live in cuda_rasterizer/*.cu behind the torch-free launchers of
 // cuda_rasterizer/rasterizer.cuh; the math in the shared headers.
 //
-// Outputs and the forward state have the CPU backend's order, shapes and
-// dtypes (rasterize_points.h), so the Python autograd code is
-// backend-agnostic; the one difference is entry_slots, which only the CPU's
-// deterministic per-entry reduction uses: here it is an empty int64 tensor
-// (the CUDA backward sums per Gaussian with atomics instead).
+// Outputs have the CPU backend's order, shapes and dtypes
+// (rasterize_points.h); the forward state is this backend's own (the CPU
+// keeps splat records instead of the per-Gaussian arrays), which the Python
+// layer passes back unchanged. entry_slots is an empty int64 tensor (the
+// CUDA backward sums per Gaussian with atomics instead).
 //
 // Only c10/cuda headers are used (not ATen/cuda/CUDAContext.h), so this file
 // needs no cuBLAS/cuSPARSE headers; c10::cuda::getCurrentCUDAStream is the
@@ -186,8 +186,8 @@ std::vector<torch::Tensor> rasterize_forward_cuda(
                       stream),
            "render");
 
-    // Not used by the CUDA backward (it reduces with atomics); kept so the
-    // state has the CPU's 11 entries in the CPU's order.
+    // Not used by the CUDA backward (it reduces with atomics); kept in the
+    // state's documented layout (rasterize_points.h).
     torch::Tensor entry_slots = torch::empty({0}, i64);
 
     constexpr int S = 5;  // the state follows the five outputs

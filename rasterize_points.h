@@ -46,14 +46,18 @@ inline dgr::GaussianInputs gaussian_inputs(const torch::Tensor& means3D, const t
 }
 
 // Forward. Returns, in order: color [3,H,W], importance_map [H,W], radii [P]
-// int32, invdepth [1,H,W], alpha [1,H,W], then the 11 tensors the backward needs (ForwardState in
-// cpu/rasterize_points_cpu.cpp): means2D [P,2], depths [P],
-// conic_opacity [P,4], colors [P,3], tiles_touched [P] int32,
-// gaussian_offsets [P+1] int64, tile_ranges [tiles+1] int64, point_list [E]
-// int32, entry_slots [E] int64, final_T [H,W], n_contrib [H,W] int32; last,
-// the per-Gaussian statistics accum_weight [P], hit_count [P] int32,
-// max_weight [P], top_count [P] int32 (empty unless compute_stats;
-// pixel_weights [H,W] or empty weighs accum_weight).
+// int32, invdepth [1,H,W], alpha [1,H,W], then the 7 tensors the backward
+// needs (ForwardState in cpu/rasterize_points_cpu.cpp): splat_records [P,16]
+// (per drawn Gaussian its 64-byte SplatRecord: mean2D, conic, opacity,
+// colour, importance, 1 / depth, then as int32 its tile rectangle and its
+// first entry slot less its chunk's; rows of the others unwritten),
+// tiles_touched [P] int32, gaussian_offsets [P+1] int64, tile_ranges
+// [tiles+1] int64, point_list [E] int32, final_T [H,W], n_contrib [H,W]
+// int32; last, the per-Gaussian statistics accum_weight [P], hit_count [P]
+// int32, max_weight [P], top_count [P] int32 (empty unless compute_stats;
+// pixel_weights [H,W] or empty weighs accum_weight). The state is each
+// backend's own (rasterize_checks.h, StateIndex and CpuStateIndex); the
+// Python layer passes it back unchanged.
 std::vector<torch::Tensor> rasterize_forward_cpu(
     const torch::Tensor& background, const torch::Tensor& means3D, const torch::Tensor& colors_precomp,
     const torch::Tensor& opacities, const torch::Tensor& importances, const torch::Tensor& scales,
@@ -100,10 +104,12 @@ torch::Tensor entry_offsets_cpu(const torch::Tensor& tiles_touched);
 #ifdef DGR_WITH_CUDA
 // The CUDA backend (rasterize_points.cu): the CPU functions' arguments and
 // results, for CUDA tensors all on one device, plus `debug` (synchronise
-// after every stage and name the one that failed). Differences: the state's
-// entry_slots is an empty int64 tensor (unused: the CUDA backward sums
-// per-Gaussian gradients with atomics, so they are reproducible to float
-// rounding only, not bit for bit).
+// after every stage and name the one that failed). Differences: its forward
+// state is 11 tensors: means2D [P,2], depths [P], conic_opacity [P,4],
+// colors [P,3], tiles_touched, gaussian_offsets, tile_ranges, point_list,
+// entry_slots (an empty int64 tensor: the CUDA backward sums per-Gaussian
+// gradients with atomics, so they are reproducible to float rounding only,
+// not bit for bit), final_T, n_contrib.
 std::vector<torch::Tensor> rasterize_forward_cuda(
     const torch::Tensor& background, const torch::Tensor& means3D, const torch::Tensor& colors_precomp,
     const torch::Tensor& opacities, const torch::Tensor& importances, const torch::Tensor& scales,

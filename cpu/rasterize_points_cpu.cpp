@@ -315,6 +315,24 @@ TileGrid make_grid(int64_t height, int64_t width) {
     return TileGrid{int((width + TILE_X - 1) / TILE_X), int((height + TILE_Y - 1) / TILE_Y)};
 }
 
+// Everything the tile loops read of one drawn splat (load_splat's values,
+// in TileSplats' field order), in one cache line: the tiles gather their
+// splats in depth order, i.e. at random Gaussians, one line per entry
+// instead of one in each of five arrays (garden-x3 forward 70 -> 67 ms;
+// written in the preprocess, not in a pass of its own, which cost what it
+// saved: benchmarks/RESULTS.md). The same line holds what the binning
+// gathers in depth order: the splat's tile rectangle and its first entry
+// slot less that of its chunk of VisibleRuns::CHUNK Gaussians (the chunk's
+// is gaussian_offsets at the chunk's start). From two arrays instead, the
+// rectangles and gaussian_offsets, those were two misses per Gaussian.
+constexpr int SPLAT_FIELDS = 6 + dgr::NUM_FEATURES;
+struct alignas(64) SplatRecord {
+    float field[SPLAT_FIELDS];
+    dgr::TileRect rect;
+    uint32_t chunk_slot;
+};
+static_assert(sizeof(SplatRecord) == 64, "one cache line per splat");
+
 // A stable counting sort (one digit of the depth sort) in `chunks`
 // consecutive parts of items [0, n), one part per task on the threads:
 // bucket_of(i) is item i's bucket, and place(i) returns what is then called
@@ -363,36 +381,34 @@ std::vector<int64_t> counting_sort_in_chunks(int64_t n, int64_t chunks, int64_t 
 }
 
 // Binning: one entry per (Gaussian, touched tile), ordered by tile and then
-// by depth (ties by Gaussian index: a stable order). Besides the sorted
-// Gaussian list it records the slot of each entry: entry k of Gaussian g (its
-// k-th tile in row-major order of its rectangle) has slot
-// gaussian_offsets[g] + k, so per-entry results stored at their slots (the
-// statistics, the backward's gradients) lie in a row per Gaussian. (The slot
-// of each entry rather than the entry of each slot: written in the entries'
-// order, beside point_list, instead of at a random Gaussian's slots.)
+// by depth (ties by Gaussian index: a stable order). Each entry also has a
+// slot (entry_slot, below), so that per-entry results stored at their slots
+// (the statistics, the backward's gradients) lie in a row per Gaussian.
 struct Binning {
     torch::Tensor gaussian_offsets;  // [P+1] int64: first slot of each Gaussian
     torch::Tensor tile_ranges;       // [tiles+1] int64: first entry of each tile
     torch::Tensor point_list;        // [E] int32: Gaussian of each sorted entry
-    torch::Tensor entry_slots;       // [E] int64: slot of each sorted entry
 };
 
 // The depth-sort items (depth bits << 32 | index) of the visible Gaussians
 // (tiles_touched > 0) of each chunk of CHUNK Gaussians, compacted where the
-// chunk starts, with their count and key range (the statistics' sum reads
-// them too, as the list of Gaussians with entries): added by the preprocess as
-// it finds them (a pass of its own over a million Gaussians read 8 MB: ~1 ms
-// of garden-x3; one over each chunk after its preprocess, ~0.6 ms).
+// chunk starts, with their count, key range and entry count (the statistics'
+// sum reads them too, as the list of Gaussians with entries): added by the
+// preprocess as it finds them (a pass of its own over a million Gaussians
+// read 8 MB: ~1 ms of garden-x3; one over each chunk after its preprocess,
+// ~0.6 ms). Adding one also fills its SplatRecord's binning fields.
 struct VisibleRuns {
     static constexpr int64_t CHUNK = 4096;
     ScratchArray<uint64_t> items;  // [P]
     std::vector<int64_t> found;    // per chunk
     std::vector<uint32_t> key_min, key_max;
+    std::vector<uint64_t> entries;  // per chunk: its Gaussians' tiles_touched summed
     explicit VisibleRuns(int64_t P)
         : items(P, "rasterize_forward_cpu: depth order", false),
           found(size_t((P + CHUNK - 1) / CHUNK)),
           key_min(found.size()),
-          key_max(found.size()) {}
+          key_max(found.size()),
+          entries(found.size()) {}
     int64_t chunks() const { return int64_t(found.size()); }
     // The Gaussian of an item (its low 32 bits: see Run::add).
     static int32_t gaussian_of(uint64_t item) { return int32_t(uint32_t(item)); }
@@ -404,18 +420,28 @@ struct VisibleRuns {
         Run(VisibleRuns& runs, int64_t begin) : runs_(runs), chunk_(size_t(begin / CHUNK)), out_(runs.items.get() + begin) {
             TORCH_INTERNAL_ASSERT(begin % CHUNK == 0, "VisibleRuns: not a chunk");
         }
-        void add(int64_t i, float depth) {
+        // (Gaussians in index order: the record's chunk_slot counts the
+        // entries of those added before it)
+        void add(int64_t i, float depth, const dgr::TileRect& rect, SplatRecord& record) {
             uint32_t key;
             std::memcpy(&key, &depth, sizeof(key));
             out_[n_++] = uint64_t(key) << 32 | uint64_t(i);
             k_min_ = std::min(k_min_, key);
             k_max_ = std::max(k_max_, key);
+            record.rect = rect;
+            record.chunk_slot = uint32_t(entries_);  // (exact: see close())
+            entries_ += uint64_t(rect.area());
         }
         void close() {
             TORCH_INTERNAL_ASSERT(n_ <= CHUNK, "VisibleRuns: more than a chunk");
+            // (a chunk's first slots fit 32 bits unless the image has over
+            // 2^32 / CHUNK = 2^20 tiles, each Gaussian covering most of them)
+            TORCH_CHECK(entries_ <= uint64_t(UINT32_MAX), "rasterize_forward_cpu: more than 2^32 (Gaussian, tile) "
+                        "entries among ", CHUNK, " consecutive Gaussians: ", entries_);
             runs_.found[chunk_] = n_;
             runs_.key_min[chunk_] = k_min_;
             runs_.key_max[chunk_] = k_max_;
+            runs_.entries[chunk_] = entries_;
         }
 
     private:
@@ -424,8 +450,21 @@ struct VisibleRuns {
         uint64_t* out_;
         int64_t n_ = 0;
         uint32_t k_min_ = ~0u, k_max_ = 0u;
+        uint64_t entries_ = 0;
     };
 };
+
+// The slot of drawn Gaussian g's entry in tile (tx, ty): its k-th tile in
+// row-major order of its rectangle has slot gaussian_offsets[g] + k, which
+// is its chunk's first slot plus its record's chunk_slot. (Computed where
+// it is needed from the record the tile loops read anyway: a stored slot
+// per entry, 8 bytes written by the binning and read back, took a sixth of
+// garden-x3's binning and its check a sixth of its backward.)
+inline int64_t entry_slot(const SplatRecord& r, const int64_t* gaussian_offsets, int64_t g, int64_t tx, int64_t ty) {
+    const dgr::TileRect& q = r.rect;
+    return gaussian_offsets[g - g % VisibleRuns::CHUNK] + int64_t(r.chunk_slot) + (ty - q.min_y) * (q.max_x - q.min_x) +
+           (tx - q.min_x);
+}
 
 // Sorts the items [0, m) of one bucket of the depth sort (all with the same
 // top digit) by the low `bits` bits of their keys less `lo`, stably, with
@@ -538,10 +577,8 @@ ScratchArray<int32_t> depth_order(const VisibleRuns& runs, int64_t& V) {
     return order;
 }
 
-// One Gaussian's tiles on one tile row: [x_begin, x_end); the slot of tile
-// x is slot_base + x.
+// One Gaussian's tiles on one tile row: [x_begin, x_end).
 struct RowSpan {
-    int64_t slot_base;
     int32_t g;
     int32_t x_begin, x_end;
 };
@@ -561,26 +598,23 @@ Binning bin_gaussians(const VisibleRuns& runs, const torch::Tensor& tile_rects, 
 
     // The entries: the depth-ordered Gaussians dealt to their tiles (within a
     // tile, entries come in depth order).
-    // The rectangles and first slots in depth order, gathered once (in
-    // parallel), so that the passes below read them in a row rather than
-    // at random Gaussians: on a million Gaussians those scattered reads made
-    // the binning cache-miss bound.
+    // The rectangles in depth order, gathered once (in parallel), so that
+    // the passes below read them in a row rather than at random Gaussians:
+    // on a million Gaussians those scattered reads made the binning
+    // cache-miss bound. (From tile_rects, 16 bytes a Gaussian: from the
+    // 64-byte SplatRecords the binning took 10-25% longer.)
     ScratchArray<dgr::TileRect> sorted_rect(V, "bin_gaussians: rectangles", false);
-    ScratchArray<int64_t> sorted_slot(V, "bin_gaussians: first slots", false);
     at::parallel_for(0, V, 16384, [&](int64_t begin, int64_t end) {
         for (int64_t i = begin; i < end; ++i) {
             const int64_t g = order[i];
             sorted_rect[i] = dgr::TileRect{rects[4 * g], rects[4 * g + 1], rects[4 * g + 2], rects[4 * g + 3]};
-            sorted_slot[i] = offsets[g];
         }
     });
     const int64_t num_tiles = grid.num_tiles();
     const int64_t grid_x = grid.grid_x, grid_y = grid.grid_y;
     b.tile_ranges = pooled_empty({num_tiles + 1}, torch::kInt64);
     b.point_list = pooled_empty({num_entries}, torch::kInt32);
-    b.entry_slots = pooled_empty({num_entries}, torch::kInt64);
     int32_t* points = b.point_list.data_ptr<int32_t>();
-    int64_t* slots = b.entry_slots.data_ptr<int64_t>();
     int64_t* ranges = b.tile_ranges.data_ptr<int64_t>();
 
     // In two stable passes, each writing to few lists at a time (one pass
@@ -655,13 +689,8 @@ Binning bin_gaussians(const VisibleRuns& runs, const torch::Tensor& tile_rects, 
             const int64_t begin = part(c), end = part(c + 1);
             for (int64_t i = begin; i < end; ++i) {
                 const dgr::TileRect r = sorted_rect[i];
-                const int64_t width = r.max_x - r.min_x;
-                // on its k-th row, the Gaussian's slots k * width + (tx - min_x)
-                RowSpan span{sorted_slot[i] - r.min_x, order[i], r.min_x, r.max_x};
-                for (int ty = r.min_y; ty < r.max_y; ++ty) {
-                    to[next[ty]++] = span;
-                    span.slot_base += width;
-                }
+                const RowSpan span{order[i], r.min_x, r.max_x};
+                for (int ty = r.min_y; ty < r.max_y; ++ty) to[next[ty]++] = span;
             }
         }
     });
@@ -671,26 +700,18 @@ Binning bin_gaussians(const VisibleRuns& runs, const torch::Tensor& tile_rects, 
     parallel_for_dynamic(grid_y, [&](int64_t row) {
         // (kept by each thread: fresh buffers of this size fault in every call)
         static thread_local std::vector<int32_t> row_points;
-        static thread_local std::vector<int64_t> row_slots;
         static thread_local std::vector<int64_t> next;
         const int64_t first = ranges[row * grid_x], n = ranges[(row + 1) * grid_x] - first;
         if (int64_t(row_points.size()) < n) row_points.resize(size_t(n));
-        if (int64_t(row_slots.size()) < n) row_slots.resize(size_t(n));
         if (int64_t(next.size()) < grid_x) next.resize(size_t(grid_x));
         for (int64_t tx = 0; tx < grid_x; ++tx) next[size_t(tx)] = ranges[row * grid_x + tx] - first;
         int32_t* to_point = row_points.data();
-        int64_t* to_slot = row_slots.data();
         int64_t* cursor = next.data();
         for (int64_t k = row_starts[size_t(row)]; k < row_starts[size_t(row + 1)]; ++k) {
             const RowSpan span = spans[k];
-            for (int32_t tx = span.x_begin; tx < span.x_end; ++tx) {
-                const int64_t entry = cursor[tx]++;
-                to_point[entry] = span.g;
-                to_slot[entry] = span.slot_base + tx;
-            }
+            for (int32_t tx = span.x_begin; tx < span.x_end; ++tx) to_point[cursor[tx]++] = span.g;
         }
         std::copy_n(to_point, n, points + first);
-        std::copy_n(to_slot, n, slots + first);
     });
     return b;
 }
@@ -791,6 +812,7 @@ struct TileSplats {
     std::vector<int32_t> position;
     std::vector<int32_t> flags;
     std::vector<int32_t> list;
+    std::vector<int64_t> slots;  // entry slots of the tile's entries (tile_entry_slots)
     // backward: per splat, its gradient summed over the tile's pixels so far,
     // kept as GRAD_LANES partial sums per field (see backward_step)
     std::vector<float> grad_lanes;
@@ -816,6 +838,7 @@ struct TileSplats {
         position.assign(size_t(capacity), 0);
         flags.assign(size_t(capacity), 0);
         list.assign(size_t(capacity), 0);
+        slots.assign(size_t(capacity), 0);
         grad_lanes.assign(size_t(capacity * GRAD_FLOATS * GRAD_LANES), 0.f);
         stat_lanes.assign(size_t(capacity), SplatStatLanes{});
         top_count.assign(size_t(capacity), 0);
@@ -851,6 +874,8 @@ struct TileSplats {
         return f;
     }
 };
+
+static_assert(TileSplats::NUM_FIELDS == SPLAT_FIELDS, "a SplatRecord holds the splat fields of TileSplats");
 
 TileSplats& thread_scratch() {
     static thread_local TileSplats scratch;
@@ -891,17 +916,6 @@ DGR_INLINE int64_t flagged(const int32_t* flags, int64_t n, int32_t* out) {
     return count;
 }
 
-// Everything the tile loops read of one splat (load_splat's values, in
-// TileSplats' field order), in one cache line: the tiles gather their
-// splats in depth order, i.e. at random Gaussians, one line per entry
-// instead of one in each of five arrays (garden-x3 forward 70 -> 67 ms;
-// written in the preprocess, not in a pass of its own, which cost what it
-// saved: benchmarks/RESULTS.md).
-struct alignas(64) SplatRecord {
-    float field[TileSplats::NUM_FIELDS];
-};
-static_assert(sizeof(SplatRecord) == 64, "one cache line per splat");
-
 DGR_INLINE void pack_splat(const dgr::Splat& s, const dgr::SplatFeatures& feat, SplatRecord& r) {
     r.field[TileSplats::MX] = s.mean.x;
     r.field[TileSplats::MY] = s.mean.y;
@@ -920,74 +934,10 @@ DGR_INLINE void pack_stored_splat(const dgr::SplatSource& src, int64_t g, SplatR
     pack_splat(s, feat, r);
 }
 
-// The records of the Gaussians of [begin, end) that touch a tile (the
-// others are never read).
-void pack_splats(const dgr::SplatSource& src, const int* tiles_touched, int64_t begin, int64_t end,
-                 SplatRecord* records) {
-    for (int64_t g = begin; g < end; ++g)
-        if (tiles_touched[g] > 0) pack_stored_splat(src, g, records[g]);
-}
-
 // How many entries ahead the tile loops prefetch what they read or write at
 // scattered Gaussians (splat records, statistics and gradient slots): 12 to
 // 40 measured alike for the records, 32 no better than 16 for the slots.
 constexpr int64_t SCATTERED_PREFETCH_AHEAD = 16;
-
-// Loads the splats of tile-list entries [begin, end) that may be blended in
-// the tile's pixels (all of them when culling is off): first the splat
-// geometry of every entry into the `raw` fields, then, for the kept ones,
-// the whole record into the compact arrays.
-DGR_INLINE void load_tile(TileSplats& ts, const SplatRecord* records, const int32_t* points, int64_t begin,
-                          int64_t end, const PixelRect& rect, bool cull) {
-    const int64_t n = end - begin;
-    ts.reserve(n);
-    float* f[TileSplats::NUM_STORED];
-    for (int k = 0; k < TileSplats::NUM_STORED; ++k) f[k] = ts.field(k);
-    int64_t m = n;
-    if (cull) {
-        float* raw[TileSplats::FEATURE0];
-        for (int k = 0; k < TileSplats::FEATURE0; ++k) raw[k] = ts.raw_field(k);
-        // (the records lie at scattered Gaussians, in depth order: each is
-        // prefetched SCATTERED_PREFETCH_AHEAD entries before it is read, as the
-        // core kept too few of these misses in flight by itself)
-        for (int64_t j = 0; j < n; ++j) {
-            if (j + SCATTERED_PREFETCH_AHEAD < n) __builtin_prefetch(records + points[begin + j + SCATTERED_PREFETCH_AHEAD]);
-            const SplatRecord& r = records[points[begin + j]];
-            for (int k = 0; k < TileSplats::FEATURE0; ++k) raw[k][j] = r.field[k];
-        }
-        flag_raw_splats_in_rect(ts, n, rect);
-        m = flagged(ts.flags.data(), n, ts.position.data());
-    } else {
-        for (int64_t j = 0; j < n; ++j) ts.position[j] = int32_t(j);
-    }
-    const int32_t* position = ts.position.data();
-    for (int64_t i = 0; i < m; ++i) {
-        const SplatRecord& r = records[points[begin + position[i]]];
-        for (int k = 0; k < TileSplats::NUM_FIELDS; ++k) f[k][i] = r.field[k];
-    }
-    ts.count = m;
-    if (!cull) return;
-    // the kept splats' cull forms, for block_list (each is tested against
-    // every block of the tile: its divisions and logarithm once, not 8 times;
-    // the raw test above computed them for every entry and kept none: storing
-    // them there would cost every entry four stores for the kept ones' sake)
-    const TileSplats& c = ts;
-#pragma omp simd
-    for (int64_t i = 0; i < m; ++i) {
-        const dgr::RectCullForm form = dgr::rect_cull_form(c.splat(i));
-        f[TileSplats::KX][i] = form.kx;
-        f[TileSplats::KY][i] = form.ky;
-        f[TileSplats::Q_SCALE][i] = form.q_scale;
-        f[TileSplats::Q_LIMIT][i] = form.q_limit;
-    }
-}
-
-// The list of the tile's (kept) splats that may be blended in `rect`;
-// returns its length.
-DGR_INLINE int64_t block_list(TileSplats& ts, const PixelRect& rect, bool cull) {
-    flag_kept_splats_in_rect(ts, rect, cull);
-    return flagged(ts.flags.data(), ts.count, ts.list.data());
-}
 
 struct Frame {
     int64_t H, W;
@@ -1001,6 +951,117 @@ struct Frame {
         return PixelRect{x0, y0, std::min(x0 + BLOCK_W - 1, tile.x1), std::min(y0 + BLOCK_H - 1, tile.y1)};
     }
 };
+
+// What both passes' tile loops read: the frame, the splats and their tile lists.
+struct TileArgs {
+    Frame frame;
+    const SplatRecord* records;  // [P]: of the Gaussians that touch a tile
+    const int64_t* ranges;
+    const int32_t* points;
+    const int64_t* gaussian_offsets;  // [P+1] (for entry_slot)
+    int64_t num_entries;
+    const float* bg;
+    bool cull;
+};
+
+// The entry slots of a tile's list entries, computed from their records as
+// load_tile reads them (after the tile's blocks, which evict the records,
+// reading them again made garden-x3's backward tiles 20% slower), and
+// whether each entry's tile lies inside its record's rectangle and its slot
+// below num_entries (if not, the records do not belong to these lists: the
+// backward refuses them).
+struct TileSlots {
+    int64_t tx, ty;
+    const int64_t* gaussian_offsets;
+    uint64_t num_entries;
+    int64_t* slots;
+    int outside = 0;  // (bitwise: no branch per entry)
+    TileSlots(const TileArgs& a, TileSplats& ts, int64_t tile)
+        : tx(tile % a.frame.grid.grid_x),
+          ty(tile / a.frame.grid.grid_x),
+          gaussian_offsets(a.gaussian_offsets),
+          num_entries(uint64_t(a.num_entries)),
+          slots(ts.slots.data()) {}
+    DGR_INLINE void add(int64_t p, int64_t g, const SplatRecord& r) {
+        const int64_t slot = entry_slot(r, gaussian_offsets, g, tx, ty);
+        slots[p] = slot;
+        outside |= int(tx < r.rect.min_x) | int(tx >= r.rect.max_x) | int(ty < r.rect.min_y) |
+                   int(ty >= r.rect.max_y) | int(uint64_t(slot) >= num_entries);
+    }
+};
+
+// Loads the splats of tile-list entries [begin, end) that may be blended in
+// the tile's pixels (all of them when culling is off): first the splat
+// geometry of every entry into the `raw` fields, then, for the kept ones,
+// the whole record into the compact arrays.
+// Which entry slots load_tile computes into ts.slots: none; those of the
+// kept splats (slots[i] for kept splat i: the forward's statistics, written
+// for splats that blended); or those of all the tile's entries (slots[p] for
+// entry p: the backward's gradients, zero for the culled ones).
+enum class SlotsOf { NONE, KEPT, ALL };
+
+DGR_INLINE bool load_tile(TileSplats& ts, const TileArgs& a, int64_t tile, const PixelRect& rect, SlotsOf slots_of) {
+    const SplatRecord* records = a.records;
+    const int32_t* points = a.points;
+    const bool cull = a.cull;
+    const int64_t begin = a.ranges[tile], n = a.ranges[tile + 1] - begin;
+    ts.reserve(n);
+    TileSlots slots(a, ts, tile);
+    float* f[TileSplats::NUM_STORED];
+    for (int k = 0; k < TileSplats::NUM_STORED; ++k) f[k] = ts.field(k);
+    int64_t m = n;
+    if (cull) {
+        float* raw[TileSplats::FEATURE0];
+        for (int k = 0; k < TileSplats::FEATURE0; ++k) raw[k] = ts.raw_field(k);
+        // (the records lie at scattered Gaussians, in depth order: each is
+        // prefetched SCATTERED_PREFETCH_AHEAD entries before it is read, as the
+        // core kept too few of these misses in flight by itself)
+        for (int64_t j = 0; j < n; ++j) {
+            if (j + SCATTERED_PREFETCH_AHEAD < n) __builtin_prefetch(records + points[begin + j + SCATTERED_PREFETCH_AHEAD]);
+            const int64_t g = points[begin + j];
+            const SplatRecord& r = records[g];
+            for (int k = 0; k < TileSplats::FEATURE0; ++k) raw[k][j] = r.field[k];
+            if (slots_of == SlotsOf::ALL) slots.add(j, g, r);
+        }
+        flag_raw_splats_in_rect(ts, n, rect);
+        m = flagged(ts.flags.data(), n, ts.position.data());
+    } else {
+        for (int64_t j = 0; j < n; ++j) {
+            ts.position[j] = int32_t(j);
+            if (slots_of == SlotsOf::ALL) slots.add(j, points[begin + j], records[points[begin + j]]);
+        }
+    }
+    const int32_t* position = ts.position.data();
+    for (int64_t i = 0; i < m; ++i) {
+        const int64_t g = points[begin + position[i]];
+        const SplatRecord& r = records[g];
+        for (int k = 0; k < TileSplats::NUM_FIELDS; ++k) f[k][i] = r.field[k];
+        if (slots_of == SlotsOf::KEPT) slots.add(i, g, r);
+    }
+    ts.count = m;
+    if (!cull) return slots.outside == 0;
+    // the kept splats' cull forms, for block_list (each is tested against
+    // every block of the tile: its divisions and logarithm once, not 8 times;
+    // the raw test above computed them for every entry and kept none: storing
+    // them there would cost every entry four stores for the kept ones' sake)
+    const TileSplats& c = ts;
+#pragma omp simd
+    for (int64_t i = 0; i < m; ++i) {
+        const dgr::RectCullForm form = dgr::rect_cull_form(c.splat(i));
+        f[TileSplats::KX][i] = form.kx;
+        f[TileSplats::KY][i] = form.ky;
+        f[TileSplats::Q_SCALE][i] = form.q_scale;
+        f[TileSplats::Q_LIMIT][i] = form.q_limit;
+    }
+    return slots.outside == 0;
+}
+
+// The list of the tile's (kept) splats that may be blended in `rect`;
+// returns its length.
+DGR_INLINE int64_t block_list(TileSplats& ts, const PixelRect& rect, bool cull) {
+    flag_kept_splats_in_rect(ts, rect, cull);
+    return flagged(ts.flags.data(), ts.count, ts.list.data());
+}
 
 // Lane l of a block at (x0, y0) is the pixel (x0 + l % BLOCK_W, y0 + l / BLOCK_W).
 struct BlockLanes {
@@ -1060,25 +1121,30 @@ DGR_INLINE T lane_max(const T* v) {
     return lane_tree<N>(v, [](auto a, auto b) { return b > a ? b : a; });
 }
 
-// Raises unless entry_slots (values already checked to lie in [0, E),
-// rasterize_checks.h) is a permutation: a repeated slot would have two
-// entries write one gradient and leave another slot unwritten, which the
-// per-Gaussian sum would then read. One byte per slot, marked in parallel
-// (relaxed atomic stores of the same value), then checked in parts
-// (holds_in_parts, as the other state checks).
-void check_entry_slots_permutation(const int64_t* entry_slots, int64_t num_entries) {
-    ScratchArray<uint8_t> seen(num_entries, "rasterize_backward_cpu: entry_slots check", true);
-    uint8_t* mark = seen.get();
-    at::parallel_for(0, num_entries, 16384, [&](int64_t begin, int64_t end) {
-        for (int64_t e = begin; e < end; ++e) __atomic_store_n(&mark[entry_slots[e]], uint8_t(1), __ATOMIC_RELAXED);
-    });
-    const bool complete = dgr::checks::holds_in_parts(num_entries, [mark](int64_t begin, int64_t end) {
-        uint8_t all = 1;
-        for (int64_t k = begin; k < end; ++k) all &= mark[k];
-        return all != 0;
-    });
-    TORCH_CHECK(complete, "rasterize_backward_cpu: state.entry_slots: expected a permutation of [0, E) (E = ",
-                num_entries, " from state.point_list), got repeated slots");
+// Raises unless the records of the drawn Gaussians (tiles_touched > 0)
+// agree with the tile counts and offsets: a rectangle in the tile grid of
+// tiles_touched[g] tiles, and a first slot of gaussian_offsets[g]
+// (tiles_touched and gaussian_offsets already checked, rasterize_checks.h).
+// Then, with the tile loops' per-entry check (tile_entry_slots), each entry
+// of a drawn Gaussian writes a slot of that Gaussian's own, which no other
+// tile writes. (An entry of a Gaussian that was not drawn, whose record was
+// never written, is held to its slot lying in [0, E).)
+void check_splat_records(const SplatRecord* records, const int* tiles_touched, const int64_t* offsets, int64_t P,
+                         const TileGrid& grid) {
+    const int64_t chunks = (P + VisibleRuns::CHUNK - 1) / VisibleRuns::CHUNK;
+    const bool agree = dgr::checks::holds_in_parts(chunks, [&](int64_t c0, int64_t c1) {
+        bool ok = true;
+        for (int64_t g = c0 * VisibleRuns::CHUNK; g < std::min(P, c1 * VisibleRuns::CHUNK); ++g) {
+            if (tiles_touched[g] <= 0) continue;
+            const dgr::TileRect& q = records[g].rect;
+            ok &= 0 <= q.min_x && q.min_x < q.max_x && q.max_x <= grid.grid_x && 0 <= q.min_y && q.min_y < q.max_y &&
+                  q.max_y <= grid.grid_y && q.area() == tiles_touched[g] &&
+                  offsets[g - g % VisibleRuns::CHUNK] + int64_t(records[g].chunk_slot) == offsets[g];
+        }
+        return ok;
+    }, 1);
+    TORCH_CHECK(agree, "rasterize_backward_cpu: state.splat_records: expected the forward's records of the drawn "
+                "Gaussians (a tile rectangle of tiles_touched tiles, the first slot gaussian_offsets), got others");
 }
 
 // The forward's per-Gaussian preprocess of [begin, end), in blocks. Pass 1
@@ -1267,7 +1333,8 @@ DGR_MULTIVERSION void preprocess_range(const dgr::GaussianInputs& in, const dgr:
             dgr::preprocess_gaussian(int(i), in, cam, grid.grid_x, grid.grid_y, proj);
             if (proj.tiles_touched[i] <= 0) continue;
             pack_stored_splat(src, i, records[i]);
-            run.add(i, proj.depths[i]);
+            const int* rect = proj.tile_rects + 4 * i;
+            run.add(i, proj.depths[i], dgr::TileRect{rect[0], rect[1], rect[2], rect[3]}, records[i]);
         }
         run.close();
         return;
@@ -1311,30 +1378,26 @@ DGR_MULTIVERSION void preprocess_range(const dgr::GaussianInputs& in, const dgr:
             g.rect = dgr::TileRect{blk.rect[0][j], blk.rect[1][j], blk.rect[2][j], blk.rect[3][j]};
             const glm::vec3 color = sh_degree >= 0 ? glm::vec3(sh->colors[0][c], sh->colors[1][c], sh->colors[2][c])
                                                    : dgr::gaussian_color(in, i, cam);
-            dgr::write_projection(i, in, g, color, proj);
+            // (write_projection's radius, rectangle and tile count; its other
+            // fields only in the record: four more arrays' stores, scattered
+            // at the drawn Gaussians, took a tenth of garden-x3's preprocess)
+            proj.radii[i] = int(g.radius);
+            int* rect = proj.tile_rects + 4 * i;
+            rect[0] = g.rect.min_x;
+            rect[1] = g.rect.min_y;
+            rect[2] = g.rect.max_x;
+            rect[3] = g.rect.max_y;
+            proj.tiles_touched[i] = int(g.rect.area());
             if (proj.tiles_touched[i] <= 0) continue;
-            // (from the values in hand: read back from proj's arrays, whose
-            // lines the stores above had just begun, the record cost 5% more
-            // of garden-x3's preprocess: benchmarks/RESULTS.md)
             dgr::Splat s;
             dgr::SplatFeatures feat;
             dgr::projected_splat(i, in, g, color, s, feat);
             pack_splat(s, feat, records[i]);
-            run.add(i, g.t_view.z);
+            run.add(i, g.t_view.z, g.rect, records[i]);
         }
     }
     run.close();
 }
-
-// What both passes' tile loops read: the frame, the splats and their tile lists.
-struct TileArgs {
-    Frame frame;
-    const SplatRecord* records;  // [P]: of the Gaussians that touch a tile
-    const int64_t* ranges;
-    const int32_t* points;
-    const float* bg;
-    bool cull;
-};
 
 struct ForwardArgs : TileArgs {
     float* color;
@@ -1344,7 +1407,6 @@ struct ForwardArgs : TileArgs {
     float* alpha;  // PixelAccumulator::alpha(): 1 - final_T
     int* n_contrib;
     dgr::SplatStats* slot_stats;   // statistics: [E] per (Gaussian, tile) entry, in slot order; null: none
-    const int64_t* entry_slot;     // with statistics: [E] the slot of each entry (state.entry_slots)
     const float* pixel_weight;     // null: weights 1
 };
 
@@ -1579,9 +1641,10 @@ DGR_INLINE void forward_block(const ForwardArgs& a, TileSplats& ts, const int32_
 DGR_MULTIVERSION void forward_tile(const ForwardArgs& a, int64_t tile) {
     TileSplats& ts = thread_scratch();
     const PixelRect rect = a.frame.tile_rect(tile);
-    const int64_t begin = a.ranges[tile], end = a.ranges[tile + 1];
-    load_tile(ts, a.records, a.points, begin, end, rect, a.cull);
+    const int64_t begin = a.ranges[tile];
     const bool stats = a.slot_stats != nullptr;
+    // (the forward's own records: the slots, wanted with statistics, are valid)
+    load_tile(ts, a, tile, rect, stats ? SlotsOf::KEPT : SlotsOf::NONE);
     ts.stats_reached = 0;
     for (int blk = 0; blk < BLOCKS_X * BLOCKS_Y; ++blk) {
         const PixelRect r = a.frame.block_rect(rect, blk);
@@ -1611,12 +1674,12 @@ DGR_MULTIVERSION void forward_tile(const ForwardArgs& a, int64_t tile) {
         blended_hits[n] = hits;
         n += hits > 0 ? 1 : 0;
     }
+    const int64_t* slots = ts.slots.data();
     for (int64_t k = 0; k < n; ++k) {
-        if (k + SCATTERED_PREFETCH_AHEAD < n)
-            __builtin_prefetch(a.slot_stats + a.entry_slot[begin + ts.position[blended[k + SCATTERED_PREFETCH_AHEAD]]], 1);
+        if (k + SCATTERED_PREFETCH_AHEAD < n) __builtin_prefetch(a.slot_stats + slots[blended[k + SCATTERED_PREFETCH_AHEAD]], 1);
         const int32_t j = blended[k];
         const SplatStatLanes& sums = ts.stat_lanes[j];
-        dgr::SplatStats& e = a.slot_stats[a.entry_slot[begin + ts.position[j]]];  // field by field: no struct copy
+        dgr::SplatStats& e = a.slot_stats[slots[j]];  // field by field: no struct copy
         e.accum_weight = lane_sum<STAT_LANES>(sums.accum);
         e.max_weight = lane_max<STAT_EXACT_LANES>(sums.max);
         e.hit_count = blended_hits[k];
@@ -1632,8 +1695,8 @@ struct BackwardArgs : TileArgs {
     const float* dL_dinvdepth;
     const float* dL_dalpha;
     float half_w, half_h;
-    const int64_t* entry_slot;   // [E]: the slot of each entry (state.entry_slots)
     dgr::SplatGrad* slot_grads;  // [E]: per (Gaussian, tile) gradient, in slot order
+    std::atomic<bool>* records_mismatch;  // set by a tile whose records and list disagree
 };
 
 // The per-lane state of the backward that changes from splat to splat, in
@@ -1750,8 +1813,10 @@ DGR_INLINE void prefetch_block_inputs(const BackwardArgs& a, const PixelRect& r)
 DGR_MULTIVERSION void backward_tile(const BackwardArgs& a, int64_t tile) {
     TileSplats& ts = thread_scratch();
     const PixelRect rect = a.frame.tile_rect(tile);
-    const int64_t begin = a.ranges[tile], end = a.ranges[tile + 1];
-    load_tile(ts, a.records, a.points, begin, end, rect, a.cull);
+    if (!load_tile(ts, a, tile, rect, SlotsOf::ALL)) {
+        a.records_mismatch->store(true, std::memory_order_relaxed);
+        return;  // (nothing written: the backward raises)
+    }
     const int64_t m = ts.count;
     std::fill_n(ts.grad_lanes.data(), m * GRAD_FLOATS * GRAD_LANES, 0.f);  // (fill_n: the buffer may still be empty)
     for (int blk = 0; blk < BLOCKS_X * BLOCKS_Y; ++blk) {
@@ -1763,9 +1828,9 @@ DGR_MULTIVERSION void backward_tile(const BackwardArgs& a, int64_t tile) {
     }
     // every entry of the tile gets its gradient (zero for the culled ones),
     // written where its Gaussian's pass 2 reads it
-    const int64_t* slot = a.entry_slot + begin;
+    const int64_t n = a.ranges[tile + 1] - a.ranges[tile];
+    const int64_t* slot = ts.slots.data();
     float* lanes = ts.grad_lanes.data();
-    const int64_t n = end - begin;
     for (int64_t p = 0, j = 0; p < n; ++p) {
         if (p + SCATTERED_PREFETCH_AHEAD < n) {  // (the slots are scattered: each write missed the cache)
             const char* next = reinterpret_cast<const char*>(a.slot_grads + slot[p + SCATTERED_PREFETCH_AHEAD]);
@@ -1787,17 +1852,19 @@ DGR_MULTIVERSION void backward_tile(const BackwardArgs& a, int64_t tile) {
 // What the forward hands to the backward, by name. The order of
 // to_vector() is the order documented in rasterize_points.h.
 struct ForwardState {
-    torch::Tensor means2D, depths, conic_opacity, colors, tiles_touched, gaussian_offsets, tile_ranges, point_list,
-        entry_slots, final_T, n_contrib;
+    torch::Tensor splat_records, tiles_touched, gaussian_offsets, tile_ranges, point_list, final_T, n_contrib;
 
     std::vector<torch::Tensor> to_vector() const {
-        return {means2D,     depths,     conic_opacity, colors,  tiles_touched, gaussian_offsets,
-                tile_ranges, point_list, entry_slots,   final_T, n_contrib};
+        return {splat_records, tiles_touched, gaussian_offsets, tile_ranges, point_list, final_T, n_contrib};
     }
+    // (count and shapes checked by check_backward_args)
     static ForwardState from_vector(const std::vector<torch::Tensor>& v) {
-        TORCH_CHECK(v.size() == 11, "rasterizer backward: expected 11 forward-state tensors, got ", v.size());
-        return ForwardState{v[0], v[1], v[2], v[3], v[4], v[5], v[6], v[7], v[8], v[9], v[10]};
+        namespace ck = dgr::checks;
+        return ForwardState{v[ck::CPU_S_SPLAT_RECORDS], v[ck::CPU_S_TILES_TOUCHED], v[ck::CPU_S_GAUSSIAN_OFFSETS],
+                            v[ck::CPU_S_TILE_RANGES],   v[ck::CPU_S_POINT_LIST],    v[ck::CPU_S_FINAL_T],
+                            v[ck::CPU_S_N_CONTRIB]};
     }
+    const SplatRecord* records() const { return reinterpret_cast<const SplatRecord*>(splat_records.data_ptr<float>()); }
 };
 
 void add_splat_grad(dgr::SplatGrad& acc, const dgr::SplatGrad& g) {
@@ -1994,26 +2061,32 @@ std::vector<torch::Tensor> rasterize_forward_cpu(
 
     // Every tensor the forward makes comes from the PoolAllocator. Not
     // zeroed here: the preprocess loop writes every radius (0 for the culled
-    // Gaussians), in parallel.
+    // Gaussians), in parallel; and the record of every drawn Gaussian (the
+    // others are never read).
     torch::Tensor radii = pooled_empty({P}, torch::kInt32);
-    torch::Tensor means2D = pooled_empty({P, 2}, torch::kFloat32);
-    torch::Tensor depths = pooled_empty({P}, torch::kFloat32);
-    torch::Tensor conic_opacity = pooled_empty({P, 4}, torch::kFloat32);
-    torch::Tensor colors = pooled_empty({P, 3}, torch::kFloat32);
     torch::Tensor tile_rects = pooled_empty({P, 4}, torch::kInt32);
     torch::Tensor tiles_touched = pooled_empty({P}, torch::kInt32);
-    dgr::ProjectedGaussians proj{radii.data_ptr<int>(),           means2D.data_ptr<float>(),
-                                 depths.data_ptr<float>(),        conic_opacity.data_ptr<float>(),
-                                 colors.data_ptr<float>(),        tile_rects.data_ptr<int>(),
-                                 tiles_touched.data_ptr<int>()};
-    const dgr::SplatSource src{means2D.data_ptr<float>(), conic_opacity.data_ptr<float>(), colors.data_ptr<float>(),
-                               importances.data_ptr<float>(), depths.data_ptr<float>()};
-    const ScratchArray<SplatRecord> records(P, "rasterize_forward_cpu: splat records", false);
-    VisibleRuns runs(P);
+    torch::Tensor splat_records = pooled_empty({P, dgr::checks::SPLAT_RECORD_FLOATS}, torch::kFloat32);
+    static_assert(sizeof(SplatRecord) == dgr::checks::SPLAT_RECORD_FLOATS * sizeof(float), "the state's records");
+    SplatRecord* records = reinterpret_cast<SplatRecord*>(splat_records.data_ptr<float>());
+    // The projected Gaussians' other fields (means2D, depths, conic_opacity,
+    // colors) go straight into the records; the scalar preprocess, which
+    // writes them all (preprocess_gaussian), gets arrays for them.
     const bool scalar_preprocess = !culling_enabled();
+    const int64_t scalar_P = scalar_preprocess || in.cov3D_precomp != nullptr ? P : 0;
+    const ScratchArray<float> means2D(2 * scalar_P, "rasterize_forward_cpu: means2D", false),
+        depths(scalar_P, "rasterize_forward_cpu: depths", false),
+        conic_opacity(4 * scalar_P, "rasterize_forward_cpu: conic_opacity", false),
+        colors(3 * scalar_P, "rasterize_forward_cpu: colors", false);
+    dgr::ProjectedGaussians proj{radii.data_ptr<int>(), means2D.get(),        depths.get(),
+                                 conic_opacity.get(),   colors.get(),         tile_rects.data_ptr<int>(),
+                                 tiles_touched.data_ptr<int>()};
+    const dgr::SplatSource src{means2D.get(), conic_opacity.get(), colors.get(), importances.data_ptr<float>(),
+                               depths.get()};
+    VisibleRuns runs(P);
     clock.mark("setup");  // (the argument checks, the state's tensors)
     parallel_for_chunks(P, VisibleRuns::CHUNK, [&](int64_t begin, int64_t end) {
-        preprocess_range(in, cam, grid, proj, src, records.get(), runs, begin, end, scalar_preprocess);
+        preprocess_range(in, cam, grid, proj, src, records, runs, begin, end, scalar_preprocess);
     });
     clock.mark("preprocess");
 
@@ -2043,9 +2116,11 @@ std::vector<torch::Tensor> rasterize_forward_cpu(
 
     ForwardArgs args;
     args.frame = Frame{H, W, grid};
-    args.records = records.get();
+    args.records = records;
     args.ranges = ranges;
     args.points = points;
+    args.gaussian_offsets = bins.gaussian_offsets.data_ptr<int64_t>();
+    args.num_entries = num_entries;
     args.bg = bg;
     args.cull = culling_enabled();
     args.color = color_px;
@@ -2055,15 +2130,13 @@ std::vector<torch::Tensor> rasterize_forward_cpu(
     args.alpha = out_alpha.data_ptr<float>();
     args.n_contrib = n_contrib_px;
     args.slot_stats = slot_stats.get();
-    args.entry_slot = bins.entry_slots.data_ptr<int64_t>();
     args.pixel_weight = compute_stats ? ptr_or_null<float>(pixel_weights) : nullptr;
     clock.mark("outputs");  // (and the statistics' entries zeroed)
     parallel_for_dynamic(grid.num_tiles(), [&](int64_t tile) { forward_tile(args, tile); });
     clock.mark("tiles");
 
-    const ForwardState st{means2D,          depths,          conic_opacity,   colors,  tiles_touched,
-                          bins.gaussian_offsets, bins.tile_ranges, bins.point_list, bins.entry_slots, final_T,
-                          n_contrib};
+    const ForwardState st{splat_records,   tiles_touched, bins.gaussian_offsets, bins.tile_ranges,
+                          bins.point_list, final_T,       n_contrib};
     std::vector<torch::Tensor> result = {out_color, out_importance, radii, out_invdepth, out_alpha};
     for (const torch::Tensor& t : st.to_vector()) result.push_back(t);
 
@@ -2134,26 +2207,18 @@ std::vector<torch::Tensor> rasterize_backward_cpu(
     // slot of e, so that pass 2 reads each Gaussian's entries contiguously.
     const int64_t num_entries = st.point_list.size(0);
     const int64_t* offsets = st.gaussian_offsets.data_ptr<int64_t>();
-    const int64_t* entry_slot = st.entry_slots.data_ptr<int64_t>();
-    check_entry_slots_permutation(entry_slot, num_entries);
+    check_splat_records(st.records(), st.tiles_touched.data_ptr<int>(), offsets, P, grid);
     clock.mark("checks");
     // (not zeroed: every tile writes all of its entries)
     const ScratchArray<dgr::SplatGrad> slot_grads(num_entries, "rasterize_backward_cpu: gradients", false);
+    std::atomic<bool> records_mismatch{false};
     BackwardArgs args;
     args.frame = Frame{H, W, grid};
-    // the splat records (the forward's were not kept: 64 B per Gaussian),
-    // packed again from the state in one pass in Gaussian order
-    const dgr::SplatSource src{st.means2D.data_ptr<float>(), st.conic_opacity.data_ptr<float>(),
-                               st.colors.data_ptr<float>(), importances.data_ptr<float>(), st.depths.data_ptr<float>()};
-    const ScratchArray<SplatRecord> records(P, "rasterize_backward_cpu: splat records", false);
-    const int* tiles_touched = st.tiles_touched.data_ptr<int>();
-    at::parallel_for(0, P, 8192, [&](int64_t begin, int64_t end) {
-        pack_splats(src, tiles_touched, begin, end, records.get());
-    });
-    clock.mark("pack");
-    args.records = records.get();
+    args.records = st.records();
     args.ranges = st.tile_ranges.data_ptr<int64_t>();
     args.points = st.point_list.data_ptr<int32_t>();
+    args.gaussian_offsets = offsets;
+    args.num_entries = num_entries;
     args.bg = background.data_ptr<float>();
     args.cull = culling_enabled();
     args.final_T = st.final_T.data_ptr<float>();
@@ -2164,9 +2229,11 @@ std::vector<torch::Tensor> rasterize_backward_cpu(
     args.dL_dalpha = dL_dalpha.data_ptr<float>();
     args.half_w = 0.5f * float(W);
     args.half_h = 0.5f * float(H);
-    args.entry_slot = entry_slot;
     args.slot_grads = slot_grads.get();
+    args.records_mismatch = &records_mismatch;
     parallel_for_dynamic(grid.num_tiles(), [&](int64_t tile) { backward_tile(args, tile); });
+    TORCH_CHECK(!records_mismatch.load(), "rasterize_backward_cpu: state.point_list: expected each tile's list "
+                "to name Gaussians whose records' rectangles hold the tile (as the forward binned them), got others");
     clock.mark("tiles");
 
     // Pass 2, per Gaussian: sum its entries in slot order (deterministic for

@@ -73,7 +73,9 @@ class _RasterizeGaussians(torch.autograd.Function):
             _or_empty(pixel_weights, means3D), **_debug_kwargs(settings, means3D.device),
         )
         color, importance_map, radii, invdepth, alpha = outputs[:5]
-        state, stats = outputs[5:16], outputs[16:]
+        # the backend's forward state (its own layout: rasterize_points.h),
+        # then the four statistics
+        state, stats = outputs[5:-4], outputs[-4:]
         ctx.settings = settings
         ctx.kernels = kernels
         ctx.means2D_columns = means2D.shape[1]

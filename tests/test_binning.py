@@ -2,7 +2,9 @@
 
 ALGORITHM.md: each tile's list holds the Gaussians whose tile rectangle
 contains it, front to back (ties by index); each Gaussian's entries, in slot
-order, are the tiles of its rectangle in row-major order. The C++ deals the
+order, are the tiles of its rectangle in row-major order (the CPU computes an
+entry's slot from its Gaussian's splat record: its rectangle and its first
+slot less that of its chunk of 4,096 Gaussians). The C++ deals the
 entries to tile rows and then to tiles, in parts of the depth order that
 depend on the thread count, so the lists are also compared across thread
 counts, on a scene large enough to be split into several parts.
@@ -13,11 +15,27 @@ import torch
 from reliability_support import identity_camera, recorded_kernel_calls, render
 
 # forward outputs: color, importance_map, radii, invdepth, alpha, then the
-# state (rasterize_points.h): means2D, depths, conic_opacity, colors,
-# tiles_touched, gaussian_offsets, tile_ranges, point_list, entry_slots, ...
+# CPU state (rasterize_points.h): splat_records, tiles_touched,
+# gaussian_offsets, tile_ranges, point_list, ...
 STATE = 5
-MEANS2D, DEPTHS, TILES_TOUCHED, OFFSETS, RANGES, POINTS, SLOTS = (STATE + k for k in (0, 1, 4, 5, 6, 7, 8))
+RECORDS, TILES_TOUCHED, OFFSETS, RANGES, POINTS = (STATE + k for k in range(5))
 TILE = 16
+CHUNK = 4096  # VisibleRuns::CHUNK
+# a splat record's 16 words: mean x, y (floats 0-1), ..., then its tile
+# rectangle min_x, min_y, max_x, max_y (int32 words 11-14) and its first slot
+# less its chunk's (word 15)
+MX, RECT, CHUNK_SLOT = 0, slice(11, 15), 15
+
+
+def _entry_slots(state, gx):
+    """Each entry's slot as the CPU computes it, from its Gaussian's record."""
+    words = state[RECORDS].view(torch.int32)
+    points, ranges, offsets = state[POINTS].long(), state[RANGES], state[OFFSETS]
+    tile = torch.repeat_interleave(torch.arange(ranges.numel() - 1), ranges.diff())
+    tx, ty = tile % gx, tile // gx
+    rect = words[points][:, RECT].long()
+    chunk_slot = words[points, CHUNK_SLOT].long() & 0xFFFFFFFF
+    return offsets[points - points % CHUNK] + chunk_slot + (ty - rect[:, 1]) * (rect[:, 2] - rect[:, 0]) + (tx - rect[:, 0])
 H, W = 150, 200  # 10 x 13 tiles, the last row and column partial
 
 
@@ -73,10 +91,12 @@ def _check_against_the_reference(inputs, threads: int):
     reference's tiles per Gaussian."""
     out, state = _binning(inputs, threads)
     gx, gy = (W + TILE - 1) // TILE, (H + TILE - 1) // TILE
-    points, slots, ranges, area = _reference(out.radii, state[MEANS2D], state[DEPTHS], state[OFFSETS], gx, gy)
+    means2D = state[RECORDS][:, MX:MX + 2]
+    depths = inputs["means3D"][:, 2]  # (identity_camera: the view depth is z)
+    points, slots, ranges, area = _reference(out.radii, means2D, depths, state[OFFSETS], gx, gy)
     assert torch.equal(state[RANGES], ranges), "tile_ranges"
     assert torch.equal(state[POINTS], points), "point_list: Gaussians or their order within a tile"
-    assert torch.equal(state[SLOTS], slots), "entry_slots"
+    assert torch.equal(_entry_slots(state, gx), slots), "the entries' slots"
     return out, state, area
 
 
@@ -111,5 +131,7 @@ def test_tile_lists_do_not_depend_on_the_thread_count():
     _, one = _binning(inputs, 1)
     for threads in (2, 4):
         _, many = _binning(inputs, threads)
-        for k in (RANGES, POINTS, SLOTS):
+        for k in (RANGES, POINTS):
             assert torch.equal(one[k], many[k]), f"state[{k}] differs between 1 and {threads} threads"
+        gx = (W + TILE - 1) // TILE
+        assert torch.equal(_entry_slots(one, gx), _entry_slots(many, gx)), f"slots differ with {threads} threads"

@@ -92,11 +92,10 @@ def test_scenes_exercise_the_kernel_paths():
     """Guards the comparisons below against becoming vacuous: tiles with more
     than one shared-memory batch (256 splats) that pixels blend through, and
     pixels that stop on the transmittance floor."""
-    out = raw_forward(many_layers_scene(), CPU)
-    ranges, n_contrib = out[11], out[15]
+    state = named_state(raw_forward(many_layers_scene(), CPU))
+    ranges, n_contrib = state["tile_ranges"], state["n_contrib"]
     assert (ranges[1:] - ranges[:-1]).max() > 256 and n_contrib.max() > 256
-    out = raw_forward(opaque_scene(), CPU)
-    assert (out[14] < 1e-3).float().mean() > 0.2
+    assert (named_state(raw_forward(opaque_scene(), CPU))["final_T"] < 1e-3).float().mean() > 0.2
 
 
 def all_scenes():
@@ -174,7 +173,7 @@ def run_oracle(scene, up=None):
 
 
 def raw_forward(scene, device, **kwargs):
-    """The compiled forward called directly, as rasterizer.py calls it: all 20
+    """The compiled forward called directly, as rasterizer.py calls it: all
     outputs (color, importance, radii, invdepth, alpha, the forward state, then
     the four statistics, empty unless compute_stats)."""
     kernels = _backend.kernels_for(device)
@@ -239,39 +238,54 @@ def test_forward_matches_cpu_and_oracle(make_scene):
     assert_close("importance cuda vs oracle", importance, ref.importance_map, **COLOR_TOL)
 
 
+def named_state(outputs):
+    """The forward state of either backend (rasterize_points.h), by name: the
+    CPU's splat records read as the CUDA backend's per-Gaussian arrays (the
+    record holds 1 / depth), and the tensors both have."""
+    state = outputs[5:-4]
+    if len(state) == 7:  # the CPU's: splat_records, then the common ones
+        records = state[0]
+        named = dict(means2D=records[:, 0:2], conic_opacity=records[:, 2:6], colors=records[:, 6:9],
+                     inverse_depths=records[:, 10])
+        common = state[1:]
+    else:  # the CUDA's: means2D, depths, conic_opacity, colors, ..., entry_slots (empty), ...
+        assert len(state) == 11, len(state)
+        assert state[8].numel() == 0 and state[8].dtype == torch.int64, "entry_slots: empty int64"
+        named = dict(means2D=state[0], conic_opacity=state[2], colors=state[3], inverse_depths=1.0 / state[1])
+        common = state[4:8] + state[9:]
+    names = ["tiles_touched", "gaussian_offsets", "tile_ranges", "point_list", "final_T", "n_contrib"]
+    named.update(zip(names, common))
+    return named
+
+
 @needs_kernels
 @pytest.mark.parametrize("make_scene", list(all_scenes()))
 def test_forward_state_matches_cpu(make_scene):
-    """The 16 outputs have the CPU's order, shapes and dtypes (the Python
-    autograd code is backend-agnostic), and the same values; entry_slots is
-    the one tensor the CUDA backend leaves empty."""
+    """The outputs have the CPU's order, shapes and dtypes, and the forward
+    state the same values where both backends keep them (each keeps its own
+    layout of the per-Gaussian values: rasterize_points.h)."""
     scene = make_scene()
     ours = [t.to(CPU) for t in raw_forward(scene, DEV)]
     cpu = raw_forward(scene, CPU)
-    assert len(ours) == len(cpu) == 20
-    ours, cpu = ours[:16], cpu[:16]
-    names = ["color", "importance_map", "radii", "invdepth", "alpha", "means2D", "depths", "conic_opacity", "colors", "tiles_touched",
-             "gaussian_offsets", "tile_ranges", "point_list", "entry_slots", "final_T", "n_contrib"]
-    for name, a, b in zip(names, ours, cpu):
+    names = ["color", "importance_map", "radii", "invdepth", "alpha"]
+    stat_names = ["accum_weight", "hit_count", "max_weight", "top_count"]
+    for name, a, b in zip(names + stat_names, ours[:5] + ours[-4:], cpu[:5] + cpu[-4:]):
         assert a.dtype == b.dtype, f"{name}: dtype {a.dtype} vs CPU {b.dtype}"
-        if name == "entry_slots" and DEV.type == "cuda":
-            assert a.numel() == 0
-            continue
         assert a.shape == b.shape, f"{name}: shape {tuple(a.shape)} vs CPU {tuple(b.shape)}"
-    (color, importance, radii, invdepth, alpha, means2D, depths, conic, colors, touched, offsets, ranges, points, _,
-     final_T, n_contrib) = ours
-    c = dict(zip(names, cpu))
-    visible = c["radii"] > 0
+    o, c = named_state(ours), named_state(cpu)
+    for name in o:
+        assert o[name].dtype == c[name].dtype, f"{name}: dtype {o[name].dtype} vs CPU {c[name].dtype}"
+    visible = cpu[2] > 0
     # per-Gaussian floats: a few ulp apart, more for the conic of a thin
     # splat (its determinant cancels); the images and gradients are checked
     # tightly elsewhere
-    for name, a in (("means2D", means2D), ("depths", depths), ("conic_opacity", conic), ("colors", colors)):
-        assert_close(name, a[visible], c[name][visible], rtol=1e-4, atol_rel=1e-5)
-    assert torch.equal(touched, c["tiles_touched"])
-    assert torch.equal(offsets, c["gaussian_offsets"])
-    assert torch.equal(ranges, c["tile_ranges"])
-    assert torch.equal(points, c["point_list"]), "depth order within tiles differs from the CPU backend"
-    assert_close("final_T", final_T, c["final_T"], rtol=1e-5, atol_rel=0.0, atol_abs=5e-6)
+    for name in ("means2D", "inverse_depths", "conic_opacity", "colors"):
+        assert_close(name, o[name][visible], c[name][visible], rtol=1e-4, atol_rel=1e-5)
+    for name in ("tiles_touched", "gaussian_offsets", "tile_ranges"):
+        assert torch.equal(o[name], c[name]), name
+    assert torch.equal(o["point_list"], c["point_list"]), "depth order within tiles differs from the CPU backend"
+    assert_close("final_T", o["final_T"], c["final_T"], rtol=1e-5, atol_rel=0.0, atol_abs=5e-6)
+    n_contrib = o["n_contrib"]
     assert int((n_contrib != c["n_contrib"]).sum()) <= max(1, n_contrib.numel() // 1000), "n_contrib differs"
 
 

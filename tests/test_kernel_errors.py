@@ -143,9 +143,43 @@ BG, MEANS3D, COLORS, OPACITIES, IMPORTANCES, SCALES, ROTATIONS, SCALE_MOD, COV3D
 F_TANX, F_TANY, F_H, F_W, F_SHS, F_DEG, F_CAMPOS, F_ANTIALIASING, F_STATS, F_PIXEL_WEIGHTS = range(11, 21)
 B_SHS, B_DEG, B_CAMPOS, STATE = 13, 14, 15, 16
 B_DL_DCOLOR, B_DL_DIMPORTANCE, B_DL_DINVDEPTH, B_DL_DALPHA = 18, 19, 20, 21
-# forward state (ForwardState): means2D, depths, conic_opacity, colors, tiles_touched, gaussian_offsets,
-# tile_ranges, point_list, entry_slots, final_T, n_contrib
-S_TILES_TOUCHED, S_OFFSETS, S_RANGES, S_POINTS, S_SLOTS, S_FINAL_T, S_N_CONTRIB = range(4, 11)
+# the CPU forward state (ForwardState): splat_records, tiles_touched, gaussian_offsets, tile_ranges,
+# point_list, final_T, n_contrib
+S_RECORDS, S_TILES_TOUCHED, S_OFFSETS, S_RANGES, S_POINTS, S_FINAL_T, S_N_CONTRIB = range(7)
+# int32 words of a splat record: its tile rectangle min_x, min_y, max_x, max_y, and its first slot less its chunk's
+W_MIN_X, W_MAX_X, W_CHUNK_SLOT = 11, 13, 15
+
+
+def _record_changed(records, state, pick, change):
+    """A copy of the records with change(words of Gaussian g) applied, g the
+    first drawn Gaussian for which pick(its words) holds."""
+    records = records.clone()
+    words = records.view(torch.int32)
+    drawn = [g for g in range(words.shape[0]) if state[S_TILES_TOUCHED][g] > 0 and pick(words[g])]
+    assert drawn, "no drawn Gaussian to change"
+    change(words[drawn[-1]])
+    return records
+
+
+def _first_slot_off(records, state):
+    def change(w):
+        w[W_CHUNK_SLOT] += 1
+    return _record_changed(records, state, lambda w: True, change)
+
+
+def _rectangle_moved_left(records, state):
+    """The rectangle one tile to the left: still in the grid, of the same size."""
+    def change(w):
+        w[W_MIN_X] -= 1
+        w[W_MAX_X] -= 1
+    return _record_changed(records, state, lambda w: w[W_MIN_X] > 0, change)
+
+
+def _misaligned(records):
+    """The same values at an address 4 bytes past a 64-byte boundary."""
+    out = torch.empty(records.numel() + 1)[1:].view(records.shape)
+    out.copy_(records)
+    return out
 
 # .clone(): a fresh allocation (a view would keep the original's bytes behind it)
 shorter = lambda t: t[:-1].contiguous().clone()  # noqa: E731  one Gaussian (row) short
@@ -155,9 +189,9 @@ CASES = {
     "forward means3D float64": _forward(MEANS3D, lambda t: t.double()),
     "forward opacities int32": _forward(OPACITIES, lambda t: t.int()),
     "forward viewmatrix not a tensor": _forward(VIEW, lambda t: t.tolist()),
-    "backward state of 10 tensors": lambda C, base: (C.rasterize_backward_cpu,
-                                                     _replace(base["bwd"][0], STATE, base["bwd"][0][STATE][:10]),
-                                                     base["bwd"][1]),
+    "backward state of 6 tensors": lambda C, base: (C.rasterize_backward_cpu,
+                                                    _replace(base["bwd"][0], STATE, base["bwd"][0][STATE][:6]),
+                                                    base["bwd"][1]),
     "backward n_contrib float32": _state(S_N_CONTRIB, lambda t, base: t.float()),
     "forward opacities one short": _forward(OPACITIES, shorter),
     "forward importances one short": _forward(IMPORTANCES, shorter),
@@ -203,8 +237,11 @@ CASES = {
     "backward point_list names Gaussian P": _state(S_POINTS, lambda t, base: _with(t, 0, 40)),
     "backward tile_ranges decreasing": _state(S_RANGES, lambda t, base: _with(t, 1, int(t[-1]) + 1)),
     "backward gaussian_offsets shifted": _state(S_OFFSETS, lambda t, base: t + 1),
-    "backward entry_slots repeated": _state(S_SLOTS, lambda t, base: _with(t, 1, int(t[0]))),
-    "backward entry_slots out of range": _state(S_SLOTS, lambda t, base: _with(t, 0, t.numel())),
+    "backward splat_records first slot off by one": _state(
+        S_RECORDS, lambda t, base: _first_slot_off(t, base["bwd"][0][STATE])),
+    "backward splat_records rectangle moved": _state(
+        S_RECORDS, lambda t, base: _rectangle_moved_left(t, base["bwd"][0][STATE])),
+    "backward splat_records misaligned": _state(S_RECORDS, lambda t, base: _misaligned(t)),
     "backward n_contrib negative": _state(S_N_CONTRIB, lambda t, base: _with(t, (0, 0), -1)),
 }
 
@@ -214,7 +251,7 @@ EXPECTED = {
     "forward means3D float64": "means3D: expected dtype Float",
     "forward opacities int32": "opacities: expected dtype Float",
     "forward viewmatrix not a tensor": "TypeError: rasterize_forward_cpu(): incompatible function arguments",
-    "backward state of 10 tensors": "state: expected the 11 forward-state tensors",
+    "backward state of 6 tensors": "state: expected the 7 forward-state tensors",
     "backward n_contrib float32": "state.n_contrib: expected dtype Int",
     "forward opacities one short": "opacities: expected shape [40] or [40, 1] (P = 40 from means3D), got [39]",
     "forward importances one short": "importances: expected shape [40] or [40, 1] (P = 40 from means3D), got [39]",
@@ -239,21 +276,24 @@ EXPECTED = {
                                        "got [3, 20, 36]",
     "backward n_contrib of another scene": "state.n_contrib: expected per pixel a count in [0, length of its tile's "
                                            "list]",
-    "backward point_list one short": "state.entry_slots: expected shape [59] (E = 59 from state.point_list), "
-                                     "got [60]",
+    "backward point_list one short": "state.gaussian_offsets: expected the exclusive prefix sum of "
+                                     "state.tiles_touched, from 0 to E (E = 59 from state.point_list)",
     "mark_visible means3D with 2 columns": "mark_visible_cpu: means3D: expected shape [P, 3], got [40, 2]",
     "mark_visible viewmatrix 3x3": "mark_visible_cpu: viewmatrix: expected 16 elements",
     "forward shs and colors_precomp both given": "shs / colors_precomp: expected exactly one of them",
     "forward scales without rotations": "scales / rotations: expected both or neither",
     "forward neither scales+rotations nor cov3D_precomp": "scales+rotations / cov3D_precomp: expected either",
     "mark_visible projmatrix 3x3": "mark_visible_cpu: projmatrix: expected 16 elements",
-    "backward state and upstream gradients of another scene": "state.means2D: expected shape [40, 2] (P = 40 from "
-                                                              "means3D), got [60, 2]",
+    "backward state and upstream gradients of another scene": "state.splat_records: expected shape [40, 16] (P = "
+                                                              "40 from means3D), got [60, 16]",
     "backward point_list names Gaussian P": "state.point_list: expected Gaussian indices in [0, 40)",
     "backward tile_ranges decreasing": "state.tile_ranges: expected non-decreasing tile starts",
     "backward gaussian_offsets shifted": "state.gaussian_offsets: expected the exclusive prefix sum",
-    "backward entry_slots repeated": "state.entry_slots: expected a permutation",
-    "backward entry_slots out of range": "state.entry_slots: expected slot indices in [0, ",
+    "backward splat_records first slot off by one": "state.splat_records: expected the forward's records of the "
+                                                    "drawn Gaussians",
+    "backward splat_records rectangle moved": "state.point_list: expected each tile's list to name Gaussians whose "
+                                              "records' rectangles hold the tile",
+    "backward splat_records misaligned": "state.splat_records: expected 64-byte aligned data",
     "backward n_contrib negative": "state.n_contrib: expected per pixel a count in [0,",
 }
 
@@ -315,7 +355,7 @@ sizes = dict(P=state[t.S_TILES_TOUCHED].numel(), E=state[t.S_POINTS].numel(), H=
 results = {}
 for name, (index, make) in t.LAST_PART_CASES.items():
     bad = list(state)
-    bad[index] = make(state[index])
+    bad[index] = make(state[index], state)
     try:
         _C.rasterize_backward_cpu(*t._replace(args, t.STATE, bad), **kwargs)
         results[name] = "returned"
@@ -333,19 +373,17 @@ def _last(t, value):
 
 
 LAST_PART_CASES = {
-    "tiles_touched": (S_TILES_TOUCHED, lambda t: _last(t, -1)),
-    "gaussian_offsets": (S_OFFSETS, lambda t: torch.cat([t[:-2], t[-2:-1] + 1, t[-1:]])),
-    "point_list": (S_POINTS, lambda t: _last(t, 70000)),
-    "entry_slots out of range": (S_SLOTS, lambda t: _last(t, t.numel())),
-    "entry_slots repeated": (S_SLOTS, lambda t: _last(t, int(t[0]))),
-    "n_contrib": (S_N_CONTRIB, lambda t: _last(t, -1)),
+    "tiles_touched": (S_TILES_TOUCHED, lambda t, state: _last(t, -1)),
+    "gaussian_offsets": (S_OFFSETS, lambda t, state: torch.cat([t[:-2], t[-2:-1] + 1, t[-1:]])),
+    "point_list": (S_POINTS, lambda t, state: _last(t, 70000)),
+    "splat_records": (S_RECORDS, _first_slot_off),  # (of the last drawn Gaussian)
+    "n_contrib": (S_N_CONTRIB, lambda t, state: _last(t, -1)),
 }
 LAST_PART_EXPECTED = {
     "tiles_touched": "state.tiles_touched: expected non-negative counts",
     "gaussian_offsets": "state.gaussian_offsets: expected the exclusive prefix sum",
     "point_list": "state.point_list: expected Gaussian indices in [0, 70000)",
-    "entry_slots out of range": "state.entry_slots: expected slot indices in [0, ",
-    "entry_slots repeated": "state.entry_slots: expected a permutation",
+    "splat_records": "state.splat_records: expected the forward's records of the drawn Gaussians",
     "n_contrib": "state.n_contrib: expected per pixel a count in [0,",
 }
 

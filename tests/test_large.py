@@ -2,11 +2,11 @@
 
 * Entry counts are 64-bit. ALGORITHM.md: "the number of entries is a 64-bit
   quantity until proven small". A scene with more than 2^31 (Gaussian, tile)
-  entries needs > 2^31 x 56 bytes (point list, slot list and the backward's
-  per-entry gradients) = 120 GB, so it cannot run here (24 GB). What can be
-  tested: (a) the binning as the kernels return it (forward state): offsets,
-  tile ranges and slot lists are int64 and consistent when every Gaussian
-  touches every tile; (b) the counting arithmetic itself, with per-Gaussian
+  entries needs > 2^31 x 44 bytes (point list and the backward's per-entry
+  gradients) = 94 GB, so it cannot run here (24 GB). What can be tested:
+  (a) the binning as the kernels return it (forward state): offsets and tile
+  ranges are int64 and consistent when every Gaussian touches every tile;
+  (b) the counting arithmetic itself, with per-Gaussian
   counts near 2^31 that need no memory, through the binding
   `_C._entry_offsets(tiles_touched int32 [P]) -> int64 [P + 1]`, the
   exclusive prefix sum bin_gaussians computes (it calls that function).
@@ -23,10 +23,10 @@ from diff_gaussian_rasterization_ks import _backend
 from reliability_support import identity_camera, recorded_kernel_calls, render_and_backward, run_child
 
 # forward outputs: color, importance_map, radii, invdepth, alpha, then the
-# state (rasterize_points.h): means2D, depths, conic_opacity, colors,
-# tiles_touched, gaussian_offsets, tile_ranges, point_list, entry_slots, final_T, n_contrib
+# CPU state (rasterize_points.h): splat_records, tiles_touched,
+# gaussian_offsets, tile_ranges, point_list, final_T, n_contrib
 STATE = 5
-DEPTHS, TILES_TOUCHED, OFFSETS, RANGES, POINTS, SLOTS = (STATE + k for k in (1, 4, 5, 6, 7, 8))
+TILES_TOUCHED, OFFSETS, RANGES, POINTS = (STATE + k for k in (1, 2, 3, 4))
 
 
 def test_binning_counts_are_int64_and_consistent_when_every_gaussian_touches_every_tile():
@@ -43,15 +43,14 @@ def test_binning_counts_are_int64_and_consistent_when_every_gaussian_touches_eve
     result = calls["forward_results"][0]
     tiles = 7 * 10
     touched, offsets, ranges = result[TILES_TOUCHED], result[OFFSETS], result[RANGES]
-    points, slots, depths = result[POINTS], result[SLOTS], result[DEPTHS]
+    points, depths = result[POINTS], means[:, 2]  # (identity_camera: the view depth is z)
     assert (out.radii > 0).all() and (touched == tiles).all(), "every Gaussian must touch every tile"
-    for name, t in (("gaussian_offsets", offsets), ("tile_ranges", ranges), ("entry_slots", slots)):
+    for name, t in (("gaussian_offsets", offsets), ("tile_ranges", ranges)):
         assert t.dtype == torch.int64, f"{name}: {t.dtype}"
     E = P * tiles
     assert offsets.tolist() == [0] + torch.cumsum(touched.long(), 0).tolist()
     assert ranges.tolist() == list(range(0, E + 1, P)), "each tile holds every Gaussian"
-    assert points.numel() == slots.numel() == E
-    assert sorted(slots.tolist()) == list(range(E)), "entry_slots is a permutation of the slots"
+    assert points.numel() == E
     for t in range(tiles):  # front to back within each tile
         d = depths[points[ranges[t]:ranges[t + 1]].long()]
         assert (d[1:] >= d[:-1]).all(), f"tile {t} is not sorted by depth"
