@@ -812,7 +812,7 @@ struct TileSplats {
     std::vector<int32_t> position;
     std::vector<int32_t> flags;
     std::vector<int32_t> list;
-    std::vector<int64_t> slots;  // entry slots of the tile's entries (tile_entry_slots)
+    std::vector<int64_t> slots;  // entry slots of the tile's entries (TileSlots)
     // backward: per splat, its gradient summed over the tile's pixels so far,
     // kept as GRAD_LANES partial sums per field (see backward_step)
     std::vector<float> grad_lanes;
@@ -1125,7 +1125,7 @@ DGR_INLINE T lane_max(const T* v) {
 // agree with the tile counts and offsets: a rectangle in the tile grid of
 // tiles_touched[g] tiles, and a first slot of gaussian_offsets[g]
 // (tiles_touched and gaussian_offsets already checked, rasterize_checks.h).
-// Then, with the tile loops' per-entry check (tile_entry_slots), each entry
+// Then, with the tile loops' per-entry check (TileSlots, in load_tile), each entry
 // of a drawn Gaussian writes a slot of that Gaussian's own, which no other
 // tile writes. (An entry of a Gaussian that was not drawn, whose record was
 // never written, is held to its slot lying in [0, E).)
