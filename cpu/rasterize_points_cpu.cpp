@@ -1131,19 +1131,21 @@ DGR_INLINE T lane_max(const T* v) {
 // never written, is held to its slot lying in [0, E).)
 void check_splat_records(const SplatRecord* records, const int* tiles_touched, const int64_t* offsets, int64_t P,
                          const TileGrid& grid) {
-    const int64_t chunks = (P + VisibleRuns::CHUNK - 1) / VisibleRuns::CHUNK;
-    const bool agree = dgr::checks::holds_in_parts(chunks, [&](int64_t c0, int64_t c1) {
+    // (chunks handed out one at a time: the drawn Gaussians, whose records
+    // are read, are often bunched in the index range)
+    std::atomic<bool> agree{true};
+    parallel_for_chunks(P, VisibleRuns::CHUNK, [&](int64_t begin, int64_t end) {
         bool ok = true;
-        for (int64_t g = c0 * VisibleRuns::CHUNK; g < std::min(P, c1 * VisibleRuns::CHUNK); ++g) {
+        for (int64_t g = begin; g < end; ++g) {
             if (tiles_touched[g] <= 0) continue;
             const dgr::TileRect& q = records[g].rect;
             ok &= 0 <= q.min_x && q.min_x < q.max_x && q.max_x <= grid.grid_x && 0 <= q.min_y && q.min_y < q.max_y &&
                   q.max_y <= grid.grid_y && q.area() == tiles_touched[g] &&
-                  offsets[g - g % VisibleRuns::CHUNK] + int64_t(records[g].chunk_slot) == offsets[g];
+                  offsets[begin] + int64_t(records[g].chunk_slot) == offsets[g];
         }
-        return ok;
-    }, 1);
-    TORCH_CHECK(agree, "rasterize_backward_cpu: state.splat_records: expected the forward's records of the drawn "
+        if (!ok) agree.store(false, std::memory_order_relaxed);
+    });
+    TORCH_CHECK(agree.load(), "rasterize_backward_cpu: state.splat_records: expected the forward's records of the drawn "
                 "Gaussians (a tile rectangle of tiles_touched tiles, the first slot gaussian_offsets), got others");
 }
 
