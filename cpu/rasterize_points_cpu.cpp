@@ -320,11 +320,10 @@ TileGrid make_grid(int64_t height, int64_t width) {
 // splats in depth order, i.e. at random Gaussians, one line per entry
 // instead of one in each of five arrays (garden-x3 forward 70 -> 67 ms;
 // written in the preprocess, not in a pass of its own, which cost what it
-// saved: benchmarks/RESULTS.md). The same line holds what the binning
-// gathers in depth order: the splat's tile rectangle and its first entry
-// slot less that of its chunk of VisibleRuns::CHUNK Gaussians (the chunk's
-// is gaussian_offsets at the chunk's start). From two arrays instead, the
-// rectangles and gaussian_offsets, those were two misses per Gaussian.
+// saved: benchmarks/RESULTS.md). The same line holds what the tile loops
+// need for an entry's slot (entry_slot): the splat's tile rectangle and its
+// first slot less that of its chunk of VisibleRuns::CHUNK Gaussians (the
+// chunk's is gaussian_offsets at the chunk's start).
 constexpr int SPLAT_FIELDS = 6 + dgr::NUM_FEATURES;
 struct alignas(64) SplatRecord {
     float field[SPLAT_FIELDS];
@@ -392,8 +391,8 @@ struct Binning {
 
 // The depth-sort items (depth bits << 32 | index) of the visible Gaussians
 // (tiles_touched > 0) of each chunk of CHUNK Gaussians, compacted where the
-// chunk starts, with their count, key range and entry count (the statistics'
-// sum reads them too, as the list of Gaussians with entries): added by the
+// chunk starts, with their count and key range (the statistics' sum reads
+// them too, as the list of Gaussians with entries): added by the
 // preprocess as it finds them (a pass of its own over a million Gaussians
 // read 8 MB: ~1 ms of garden-x3; one over each chunk after its preprocess,
 // ~0.6 ms). Adding one also fills its SplatRecord's binning fields.
@@ -402,13 +401,11 @@ struct VisibleRuns {
     ScratchArray<uint64_t> items;  // [P]
     std::vector<int64_t> found;    // per chunk
     std::vector<uint32_t> key_min, key_max;
-    std::vector<uint64_t> entries;  // per chunk: its Gaussians' tiles_touched summed
     explicit VisibleRuns(int64_t P)
         : items(P, "rasterize_forward_cpu: depth order", false),
           found(size_t((P + CHUNK - 1) / CHUNK)),
           key_min(found.size()),
-          key_max(found.size()),
-          entries(found.size()) {}
+          key_max(found.size()) {}
     int64_t chunks() const { return int64_t(found.size()); }
     // The Gaussian of an item (its low 32 bits: see Run::add).
     static int32_t gaussian_of(uint64_t item) { return int32_t(uint32_t(item)); }
@@ -441,7 +438,6 @@ struct VisibleRuns {
             runs_.found[chunk_] = n_;
             runs_.key_min[chunk_] = k_min_;
             runs_.key_max[chunk_] = k_max_;
-            runs_.entries[chunk_] = entries_;
         }
 
     private:
@@ -1383,13 +1379,7 @@ DGR_MULTIVERSION void preprocess_range(const dgr::GaussianInputs& in, const dgr:
             // (write_projection's radius, rectangle and tile count; its other
             // fields only in the record: four more arrays' stores, scattered
             // at the drawn Gaussians, took a tenth of garden-x3's preprocess)
-            proj.radii[i] = int(g.radius);
-            int* rect = proj.tile_rects + 4 * i;
-            rect[0] = g.rect.min_x;
-            rect[1] = g.rect.min_y;
-            rect[2] = g.rect.max_x;
-            rect[3] = g.rect.max_y;
-            proj.tiles_touched[i] = int(g.rect.area());
+            dgr::write_coverage(i, g, proj);
             if (proj.tiles_touched[i] <= 0) continue;
             dgr::Splat s;
             dgr::SplatFeatures feat;
@@ -1643,7 +1633,6 @@ DGR_INLINE void forward_block(const ForwardArgs& a, TileSplats& ts, const int32_
 DGR_MULTIVERSION void forward_tile(const ForwardArgs& a, int64_t tile) {
     TileSplats& ts = thread_scratch();
     const PixelRect rect = a.frame.tile_rect(tile);
-    const int64_t begin = a.ranges[tile];
     const bool stats = a.slot_stats != nullptr;
     // (the forward's own records: the slots, wanted with statistics, are valid)
     load_tile(ts, a, tile, rect, stats ? SlotsOf::KEPT : SlotsOf::NONE);

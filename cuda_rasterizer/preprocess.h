@@ -154,9 +154,20 @@ RASTER_HD float splat_opacity(const GaussianInputs& in, int idx, const GaussianP
 // Writes a drawn Gaussian's outputs: from its projection the fields radius,
 // mean2D, t_view.z, conic, opacity_scale and rect (the CPU's vectorised
 // preprocess fills just these), and its colour (gaussian_color).
+// The part of write_projection that says which tiles a Gaussian covers:
+// its radius, tile rectangle and tile count.
+RASTER_HD void write_coverage(int idx, const GaussianProjection& g, const ProjectedGaussians& out) {
+    out.radii[idx] = int(g.radius);
+    out.tile_rects[4 * idx] = g.rect.min_x;
+    out.tile_rects[4 * idx + 1] = g.rect.min_y;
+    out.tile_rects[4 * idx + 2] = g.rect.max_x;
+    out.tile_rects[4 * idx + 3] = g.rect.max_y;
+    out.tiles_touched[idx] = int(g.rect.area());
+}
+
 RASTER_HD void write_projection(int idx, const GaussianInputs& in, const GaussianProjection& g,
                                 const glm::vec3& color, const ProjectedGaussians& out) {
-    out.radii[idx] = int(g.radius);
+    write_coverage(idx, g, out);
     out.means2D[2 * idx] = g.mean2D.x;
     out.means2D[2 * idx + 1] = g.mean2D.y;
     out.depths[idx] = g.t_view.z;
@@ -167,11 +178,6 @@ RASTER_HD void write_projection(int idx, const GaussianInputs& in, const Gaussia
     out.colors[3 * idx] = color.x;
     out.colors[3 * idx + 1] = color.y;
     out.colors[3 * idx + 2] = color.z;
-    out.tile_rects[4 * idx] = g.rect.min_x;
-    out.tile_rects[4 * idx + 1] = g.rect.min_y;
-    out.tile_rects[4 * idx + 2] = g.rect.max_x;
-    out.tile_rects[4 * idx + 3] = g.rect.max_y;
-    out.tiles_touched[idx] = int(g.rect.area());
 }
 
 // The splat write_projection's outputs give load_splat (importance: the
